@@ -1,0 +1,330 @@
+//! The orchestrator: profile -> spec -> plan -> backend -> outcome -> audit.
+//!
+//! Owns the order of a task's steps and the exit-code contract. Refuses to
+//! run anything its profile needs but this build cannot enforce.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::audit::{AuditEvent, Sink as AuditSink};
+use crate::profile::{Backend, Catalog, NetMode, PathVars, Profile, ProfileError};
+use crate::sandbox::native::{self, NativeError, PlanInputs, Sink};
+use crate::sandbox::{Enforcement, LimitHit, Outcome};
+use crate::task::{StateDir, TaskId};
+
+/// Exit code when taskbox itself failed.
+pub const EXIT_TASKBOX: i32 = 125;
+/// Exit code when policy refused to run the command.
+pub const EXIT_POLICY: i32 = 126;
+/// Exit code when a time limit stopped the command.
+pub const EXIT_TIMEOUT: i32 = 124;
+
+/// Why a task could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The profile failed to load.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The native backend failed.
+    #[error(transparent)]
+    Native(#[from] NativeError),
+    /// The audit log could not be written: nothing runs unaudited.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// The profile asks for something this build cannot enforce.
+    #[error(
+        "refused: profile `{profile}` needs {what}, which this build of taskbox cannot enforce yet; nothing ran"
+    )]
+    Unsupported {
+        /// The profile.
+        profile: String,
+        /// What is missing.
+        what: String,
+    },
+    /// The workspace does not exist.
+    #[error("workspace {path} is not a directory")]
+    Workspace {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ActionError {
+    /// The exit code for this failure (DESIGN.md's contract).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ActionError::Native(e) => e.exit_code(),
+            ActionError::Unsupported { .. } => EXIT_POLICY,
+            ActionError::Profile(_) | ActionError::Audit(_) | ActionError::Workspace { .. } => {
+                EXIT_TASKBOX
+            }
+        }
+    }
+}
+
+/// A request to run one command as a task.
+pub struct RunRequest {
+    /// Profile name or path.
+    pub profile: String,
+    /// Workspace (canonicalized here).
+    pub workspace: PathBuf,
+    /// Working directory (defaults to the workspace).
+    pub cwd: Option<PathBuf>,
+    /// Acting agent.
+    pub agent: Option<String>,
+    /// Accountable human.
+    pub on_behalf_of: Option<String>,
+    /// Command and arguments.
+    pub argv: Vec<String>,
+    /// The caller's environment (only `[env] pass` of it reaches the task).
+    pub caller_env: Vec<(String, String)>,
+    /// Where taskbox keeps state.
+    pub state: StateDir,
+    /// Profiles.
+    pub catalog: Catalog,
+    /// The binary to run as the launch stage (normally taskbox itself).
+    pub stage_exe: PathBuf,
+    /// Where the command's stdout goes.
+    pub stdout: Sink,
+    /// Where the command's stderr goes.
+    pub stderr: Sink,
+}
+
+/// What happened to a task; printed by `run --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Task id.
+    pub task: String,
+    /// Profile name.
+    pub profile: String,
+    /// Profile digest.
+    pub profile_digest: String,
+    /// Shell-style status taskbox exits with.
+    pub status: i32,
+    /// The run's outcome, when the command ran.
+    pub outcome: Option<Outcome>,
+    /// Why it did not run, when it did not.
+    pub refused: Option<String>,
+}
+
+/// Runs one task end to end. Failures before the command starts are audited
+/// as refusals and returned in the report with their exit code.
+///
+/// # Errors
+/// Only when even the refusal cannot be audited, or the profile cannot be loaded.
+pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
+    let RunRequest {
+        profile,
+        workspace,
+        cwd,
+        agent,
+        on_behalf_of,
+        argv,
+        caller_env,
+        state,
+        catalog,
+        stage_exe,
+        stdout,
+        stderr,
+    } = req;
+    let audit = AuditSink::new(state.audit_log());
+    let task = TaskId::new();
+    let workspace = std::fs::canonicalize(&workspace).map_err(|source| ActionError::Workspace {
+        path: workspace.clone(),
+        source,
+    })?;
+    if !workspace.is_dir() {
+        return Err(ActionError::Workspace {
+            path: workspace,
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        });
+    }
+    let prof = catalog.load(&profile, Some(&workspace))?;
+    let refuse = |code: i32, reason: String| -> Result<RunReport, ActionError> {
+        audit.append(AuditEvent::TaskRefused {
+            task: task.to_string(),
+            profile: prof.name.clone(),
+            code,
+            reason: reason.clone(),
+        })?;
+        Ok(RunReport {
+            task: task.to_string(),
+            profile: prof.name.clone(),
+            profile_digest: prof.digest.clone(),
+            status: code,
+            outcome: None,
+            refused: Some(reason),
+        })
+    };
+    if let Err(e) = supported(&prof, &argv) {
+        return refuse(e.exit_code(), e.to_string());
+    }
+    let home = caller_env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map_or_else(|| PathBuf::from("/"), |(_, v)| PathBuf::from(v));
+    let vars = PathVars {
+        workspace: workspace.clone(),
+        home,
+        tmp: PathBuf::from("/tmp"),
+    };
+    let spec = prof.resolve(&vars, &caller_env);
+    let cwd = cwd.map_or_else(
+        || workspace.clone(),
+        |c| std::fs::canonicalize(&c).unwrap_or(c),
+    );
+    let host_tmp = state.task_tmp(&task);
+    let mut hide = vec![state.root().to_path_buf()];
+    hide.extend(catalog.user_dir().map(Path::to_path_buf));
+    let runtime_dirs = caller_env
+        .iter()
+        .filter(|(k, _)| k == "XDG_RUNTIME_DIR")
+        .map(|(_, v)| PathBuf::from(v))
+        .collect();
+    let force_no_userns = caller_env
+        .iter()
+        .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
+    let inputs = PlanInputs {
+        argv: argv.clone(),
+        cwd,
+        host_tmp: host_tmp.clone(),
+        hide,
+        runtime_dirs,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        runner_pid: std::process::id() as i32,
+        force_no_userns,
+    };
+    let plan = match native::plan(&spec, inputs) {
+        Ok(p) => p,
+        Err(e) => return refuse(e.exit_code(), e.to_string()),
+    };
+    if let Err(e) = make_private_dir(&host_tmp) {
+        return refuse(
+            EXIT_TASKBOX,
+            format!(
+                "cannot create the task's private tmp {}: {e}",
+                host_tmp.display()
+            ),
+        );
+    }
+    let result = launch_and_wait(
+        plan,
+        &stage_exe,
+        stdout,
+        stderr,
+        &task,
+        &audit,
+        &prof,
+        &argv,
+        &workspace,
+        agent,
+        on_behalf_of,
+    );
+    let _ = std::fs::remove_dir_all(&host_tmp);
+    match result {
+        Ok(outcome) => {
+            let status = match outcome.limit_hit {
+                Some(LimitHit::Wall) => EXIT_TIMEOUT,
+                Some(LimitHit::Output) | None => outcome.exit.status(),
+            };
+            audit.append(AuditEvent::TaskEnd {
+                task: task.to_string(),
+                status,
+                exit: serde_json::to_value(outcome.exit).unwrap_or_default(),
+                limit_hit: outcome.limit_hit.map(|l| format!("{l:?}").to_lowercase()),
+                duration_ms: outcome.duration_ms,
+                usage: serde_json::to_value(outcome.usage).unwrap_or_default(),
+            })?;
+            Ok(RunReport {
+                task: task.to_string(),
+                profile: prof.name.clone(),
+                profile_digest: prof.digest.clone(),
+                status,
+                outcome: Some(outcome),
+                refused: None,
+            })
+        }
+        Err(Launch::Refused(e)) => refuse(e.exit_code(), e.to_string()),
+        Err(Launch::Audit(e)) => Err(ActionError::Audit(e)),
+    }
+}
+
+enum Launch {
+    Refused(NativeError),
+    Audit(crate::audit::AuditError),
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "private step of `run`; each argument is one piece of the task"
+)]
+fn launch_and_wait(
+    plan: native::NativePlan,
+    stage_exe: &Path,
+    stdout: Sink,
+    stderr: Sink,
+    task: &TaskId,
+    audit: &AuditSink,
+    prof: &Profile,
+    argv: &[String],
+    workspace: &Path,
+    agent: Option<String>,
+    on_behalf_of: Option<String>,
+) -> Result<Outcome, Launch> {
+    let mut running =
+        native::launch(plan, stage_exe, stdout, stderr, task.as_str()).map_err(Launch::Refused)?;
+    let enforcement: Enforcement = running.started().map_err(Launch::Refused)?;
+    let start = AuditEvent::TaskStart {
+        task: task.to_string(),
+        agent,
+        on_behalf_of,
+        profile: prof.name.clone(),
+        profile_digest: prof.digest.clone(),
+        argv: argv.to_vec(),
+        workspace: workspace.display().to_string(),
+        enforcement: serde_json::to_value(&enforcement).unwrap_or_default(),
+    };
+    if let Err(e) = audit.append(start) {
+        // Nothing runs unaudited.
+        running.kill();
+        let _ = running.wait();
+        return Err(Launch::Audit(e));
+    }
+    running.wait().map_err(Launch::Refused)
+}
+
+fn make_private_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+}
+
+/// Refuses what this build cannot enforce, before anything runs.
+fn supported(p: &Profile, argv: &[String]) -> Result<(), ActionError> {
+    let no = |what: &str| {
+        Err(ActionError::Unsupported {
+            profile: p.name.clone(),
+            what: what.to_owned(),
+        })
+    };
+    if p.backend == Backend::Wasm || argv.first().is_some_and(|a| a.ends_with(".wasm")) {
+        return no("the WASM backend");
+    }
+    if p.net.mode == NetMode::Proxy {
+        return no("network mode \"proxy\" (the egress proxy)");
+    }
+    if p.approval_required {
+        return no("approval before each run (the approval gate)");
+    }
+    if !p.grants.is_empty() {
+        return no("credential grants");
+    }
+    Ok(())
+}

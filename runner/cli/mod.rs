@@ -1,0 +1,94 @@
+//! Command-line front door: clap derive, one file per subcommand, each thin
+//! over the library. Owns exit codes for errors; owns no policy.
+
+mod audit;
+mod doctor;
+mod exec;
+mod profile;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+use crate::profile::{Catalog, ProfileError};
+use crate::task::StateDir;
+
+/// Runs an AI agent's tool actions in per-task sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "taskbox", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command as a task, in a sandbox built from a profile.
+    Run(run::RunArgs),
+    /// List, show, explain, check and compare profiles.
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
+    /// Verify and read the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Show what this kernel can enforce, and which profiles can run here.
+    Doctor(doctor::DoctorArgs),
+    /// The launch stage (internal).
+    #[command(name = "__exec", hide = true)]
+    Exec(exec::ExecArgs),
+}
+
+/// Parses the process's arguments and runs the subcommand.
+///
+/// # Errors
+/// Whatever the subcommand failed with; see [`exit_code_of`].
+pub fn run() -> anyhow::Result<i32> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => crate::action::EXIT_TASKBOX,
+            };
+            let _ = e.print();
+            return Ok(code);
+        }
+    };
+    match cli.command {
+        Command::Run(a) => a.execute(),
+        Command::Profile(a) => a.execute(),
+        Command::Audit(a) => a.execute(),
+        Command::Doctor(a) => a.execute(),
+        Command::Exec(a) => a.execute(),
+    }
+}
+
+/// The exit code for an error that reached `main`: 126 for policy refusals,
+/// 125 for everything else (taskbox itself failed).
+pub fn exit_code_of(e: &anyhow::Error) -> i32 {
+    if let Some(a) = e.downcast_ref::<crate::action::ActionError>() {
+        return a.exit_code();
+    }
+    crate::action::EXIT_TASKBOX
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// The state directory from the environment.
+fn state_dir() -> StateDir {
+    StateDir::from_env(env)
+}
+
+/// Built-ins plus `$XDG_CONFIG_HOME/taskbox/profiles` (else `~/.config/taskbox/profiles`).
+fn catalog() -> Catalog {
+    let base = env("XDG_CONFIG_HOME")
+        .filter(|s| s.starts_with('/'))
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::PathBuf::from(h).join(".config")));
+    Catalog::new(base.map(|b| b.join("taskbox/profiles")))
+}
+
+fn load(name: &str) -> Result<crate::profile::Profile, ProfileError> {
+    catalog().load(name, None)
+}

@@ -1,0 +1,99 @@
+//! `taskbox run`: one command as one task.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::action::{self, RunReport, RunRequest};
+
+/// Run a command in a sandbox built from a profile.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Profile name (see `taskbox profile list`) or path to a .toml file.
+    #[arg(short, long, default_value = "explore")]
+    profile: String,
+    /// Workspace directory (default: the current directory).
+    #[arg(short, long)]
+    workspace: Option<PathBuf>,
+    /// Name of the acting agent, recorded in the audit log.
+    #[arg(long)]
+    agent: Option<String>,
+    /// The accountable human, recorded in the audit log.
+    #[arg(long)]
+    on_behalf_of: Option<String>,
+    /// Reuse a task id (approved tasks; not available yet).
+    #[arg(long)]
+    task: Option<String>,
+    /// Print one JSON summary object on stdout at the end.
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Runs the task; returns the contract's exit code.
+    pub fn execute(self) -> anyhow::Result<i32> {
+        if self.task.is_some() {
+            eprintln!(
+                "taskbox: --task needs the approval gate, which this build does not have yet; refused"
+            );
+            return Ok(action::EXIT_POLICY);
+        }
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let workspace = self.workspace.clone().unwrap_or_else(|| cwd.clone());
+        let in_workspace = std::fs::canonicalize(&cwd)
+            .ok()
+            .zip(std::fs::canonicalize(&workspace).ok())
+            .is_some_and(|(c, w)| c.starts_with(w));
+        let req = RunRequest {
+            profile: self.profile.clone(),
+            workspace,
+            cwd: in_workspace.then_some(cwd),
+            agent: self.agent,
+            on_behalf_of: self.on_behalf_of,
+            argv: self.command,
+            caller_env: std::env::vars().collect(),
+            state: super::state_dir(),
+            catalog: super::catalog(),
+            stage_exe: std::env::current_exe()
+                .context("cannot find the taskbox binary for the launch stage")?,
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        };
+        let report = action::run(req)?;
+        summarize(&report, self.json);
+        Ok(report.status)
+    }
+}
+
+fn summarize(r: &RunReport, json: bool) {
+    if json {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, r);
+        let _ = writeln!(out);
+        return;
+    }
+    if let Some(why) = &r.refused {
+        eprintln!("taskbox: task {} ({}): {why}", r.task, r.profile);
+        return;
+    }
+    if let Some(o) = &r.outcome {
+        match o.limit_hit {
+            Some(crate::sandbox::LimitHit::Wall) => eprintln!(
+                "taskbox: task {} stopped: wall-clock limit reached (exit 124)",
+                r.task
+            ),
+            Some(crate::sandbox::LimitHit::Output) => eprintln!(
+                "taskbox: task {} stopped: output limit reached after {} bytes",
+                r.task, o.usage.output_bytes
+            ),
+            None => {}
+        }
+        for n in &o.enforcement.notes {
+            eprintln!("taskbox: note: {n}");
+        }
+    }
+}

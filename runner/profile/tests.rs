@@ -1,0 +1,301 @@
+//! Unit tests: parsing, validation errors (file, line, column, field), merging.
+
+use super::*;
+
+fn src(name: &str, text: &str) -> Source {
+    Source {
+        name: name.into(),
+        origin: Origin::File(format!("/p/{name}.toml").into()),
+        text: text.into(),
+        untrusted: false,
+    }
+}
+
+fn base() -> Source {
+    let (n, t) = BUILTINS[0];
+    Source {
+        name: n.into(),
+        origin: Origin::Builtin(n.into()),
+        text: t.into(),
+        untrusted: false,
+    }
+}
+
+fn err(text: &str) -> String {
+    Profile::from_layers(&[base(), src("bad", &format!("extends = \"base\"\n{text}"))])
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn every_builtin_loads() {
+    let cat = Catalog::new(None);
+    for (name, _) in BUILTINS {
+        let p = cat
+            .load(name, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.name, *name);
+        assert_eq!(p.digest.len(), 64);
+    }
+}
+
+#[test]
+fn every_file_in_sandbox_profiles_is_embedded() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-profiles");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e
+            .unwrap()
+            .path()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            BUILTINS.iter().any(|(n, _)| *n == name),
+            "{name}.toml is not embedded"
+        );
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_column_field() {
+    let e = err("[limits]\nwall = \"1m\"\nbogus = 3\n");
+    assert!(
+        e.starts_with("/p/bad.toml:4:1: field `limits.bogus`"),
+        "{e}"
+    );
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let e = err("[limits]\nprocesses = \"many\"\n");
+    assert!(
+        e.starts_with("/p/bad.toml:3:13: field `limits.processes`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_duration_and_size_are_located_with_hints() {
+    let e = err("[limits]\nwall = \"forever\"\n");
+    assert!(
+        e.starts_with("/p/bad.toml:3:8: field `limits.wall`: `forever` is not a duration"),
+        "{e}"
+    );
+    let e = err("[limits]\nmemory = \"lots\"\n");
+    assert!(
+        e.starts_with("/p/bad.toml:3:10: field `limits.memory`: `lots` is not a size"),
+        "{e}"
+    );
+    let e = err("[limits]\nwall = \"0s\"\n");
+    assert!(e.contains("zero"), "{e}");
+}
+
+#[test]
+fn relative_and_tilde_paths_are_refused() {
+    let e = err("[filesystem]\nread = [\"src\"]\n");
+    assert!(
+        e.starts_with("/p/bad.toml:3:9: field `filesystem.read`: `src` is a relative path"),
+        "{e}"
+    );
+    let e = err("[filesystem]\nwrite = [\"~/x\"]\n");
+    assert!(e.contains("Hint: write `{home}`"), "{e}");
+    let e = err("[filesystem]\nread = [\"{nope}/x\"]\n");
+    assert!(e.contains("unknown variable `{nope}`"), "{e}");
+    let e = err("[filesystem]\nread = [\"/a/../etc\"]\n");
+    assert!(e.contains("contains `..`"), "{e}");
+}
+
+#[test]
+fn a_deny_that_cannot_be_enforced_is_refused() {
+    let e = err("[filesystem]\ndeny = [\"/usr\"]\n");
+    assert!(
+        e.contains("field `filesystem.deny`") && e.contains("contains the granted path `/usr`"),
+        "{e}"
+    );
+    let e = err("[filesystem]\ndeny = [\"{workspace}\"]\n");
+    assert!(e.contains("cannot be denied"), "{e}");
+}
+
+#[test]
+fn empty_sections_are_refused() {
+    for s in [
+        "limits",
+        "filesystem",
+        "network",
+        "env",
+        "require",
+        "approval",
+        "workspace",
+        "credentials",
+    ] {
+        let e = err(&format!("[{s}]\n"));
+        assert!(
+            e.contains(&format!("field `{s}`")) && e.contains("is empty"),
+            "{s}: {e}"
+        );
+        assert!(e.starts_with("/p/bad.toml:2:1"), "{s}: {e}");
+    }
+}
+
+#[test]
+fn grants_only_in_shared_change() {
+    let e = err("[credentials]\ngrant = [{ name = \"gh\", from = \"env:GH\", as = \"env:GH\" }]\n");
+    assert!(
+        e.contains("credentials.grant") && e.contains("shared-change"),
+        "{e}"
+    );
+}
+
+#[test]
+fn lists_grow_scalars_override_deny_accumulates() {
+    let child = src(
+        "child",
+        "extends = \"base\"\n[filesystem]\nread = [\"/srv\"]\ndeny = [\"/srv/secret\"]\n[limits]\nwall = \"5m\"\n",
+    );
+    let p = Profile::from_layers(&[base(), child]).unwrap();
+    assert!(
+        p.fs.read.iter().any(|r| r.as_str() == "/usr")
+            && p.fs.read.iter().any(|r| r.as_str() == "/srv")
+    );
+    assert!(
+        p.fs.deny.iter().any(|d| d.as_str() == "{home}/.ssh"),
+        "parent deny kept"
+    );
+    assert!(p.fs.deny.iter().any(|d| d.as_str() == "/srv/secret"));
+    assert_eq!(p.limits.wall, Some(std::time::Duration::from_secs(300)));
+    assert_eq!(p.chain, vec!["base", "child"]);
+}
+
+#[test]
+fn widenings_are_marked_with_their_location() {
+    let child = src(
+        "wide",
+        "extends = \"base\"\n[network]\nmode = \"host\"\n[limits]\nwall = \"10h\"\n[filesystem]\nwrite = [\"/srv\"]\n",
+    );
+    let p = Profile::from_layers(&[base(), child]).unwrap();
+    let fields: Vec<&str> = p.widenings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec!["filesystem.write", "network.mode", "limits.wall"]
+    );
+    assert!(
+        p.widenings[1].at.starts_with("/p/wide.toml:3:"),
+        "{:?}",
+        p.widenings
+    );
+    let text = explain(&p);
+    assert!(
+        text.contains("[WIDENS] network.mode: none -> host"),
+        "{text}"
+    );
+    assert!(text.contains("THE HOST NETWORK"), "{text}");
+}
+
+#[test]
+fn narrowing_is_not_a_widening() {
+    let child = src(
+        "narrow",
+        "extends = \"base\"\n[limits]\nwall = \"1m\"\n[filesystem]\ndeny = [\"/etc/shadow\"]\n",
+    );
+    assert!(
+        Profile::from_layers(&[base(), child])
+            .unwrap()
+            .widenings
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_untrusted_profile_may_only_narrow() {
+    let mut child = src(
+        "ws",
+        "extends = \"base\"\n[filesystem]\nwrite = [\"/srv\"]\n",
+    );
+    child.untrusted = true;
+    let e = Profile::from_layers(&[base(), child])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("may only narrow") && e.contains("filesystem.write"),
+        "{e}"
+    );
+    let mut ok = src("ws", "extends = \"base\"\n[limits]\nwall = \"1m\"\n");
+    ok.untrusted = true;
+    Profile::from_layers(&[base(), ok]).unwrap();
+}
+
+#[test]
+fn diff_shows_what_each_grants() {
+    let cat = Catalog::new(None);
+    let d = diff(
+        &cat.load("readonly", None).unwrap(),
+        &cat.load("explore", None).unwrap(),
+    );
+    assert!(
+        d.contains("explore grants, readonly does not: write {home}/.cache"),
+        "{d}"
+    );
+    assert!(
+        d.contains("explore grants, readonly does not: workspace overlay (vs readonly)"),
+        "{d}"
+    );
+    assert!(!d.contains("readonly grants, explore does not"), "{d}");
+}
+
+#[test]
+fn resolve_substitutes_and_scrubs_env() {
+    let p = Catalog::new(None).load("explore", None).unwrap();
+    let vars = PathVars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/tmp".into(),
+    };
+    let s = p.resolve(
+        &vars,
+        &[
+            ("PATH".into(), "/bin".into()),
+            ("AWS_SECRET".into(), "x".into()),
+        ],
+    );
+    assert!(s.fs.deny.contains(&"/h/.ssh".into()));
+    assert!(s.fs.write.contains(&"/w".into()) && s.fs.write.contains(&"/h/.cache".into()));
+    assert!(s.fs.protect.contains(&"/w/.git/hooks".into()));
+    assert_eq!(s.env.vars, vec![("PATH".to_owned(), "/bin".to_owned())]);
+}
+
+#[test]
+fn extends_cycles_and_unknown_parents_are_errors() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("a.toml"), "extends = \"b\"\n").unwrap();
+    std::fs::write(d.path().join("b.toml"), "extends = \"a\"\n").unwrap();
+    std::fs::write(d.path().join("c.toml"), "extends = \"nope\"\n").unwrap();
+    let cat = Catalog::new(Some(d.path().to_path_buf()));
+    assert!(
+        cat.load("a", None)
+            .unwrap_err()
+            .to_string()
+            .contains("extends itself")
+    );
+    let e = cat.load("c", None).unwrap_err().to_string();
+    assert!(
+        e.contains("c.toml:1:11: field `extends`: no profile named `nope`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn schema_names_every_section() {
+    let s = schema().to_string();
+    for k in [
+        "filesystem",
+        "network",
+        "limits",
+        "require",
+        "landlock_abi",
+        "open_files",
+    ] {
+        assert!(s.contains(k), "{k}");
+    }
+}

@@ -1,0 +1,245 @@
+//! Landlock: filesystem, TCP and scope rules at the highest ABI the kernel has.
+//!
+//! Landlock grants are inherited down a tree and cannot be carved out, so a
+//! deny path inside a granted tree is enforced by granting the tree's other
+//! entries one by one (`carve`), never the tree itself.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope,
+};
+
+use super::NativeError;
+use crate::sandbox::Level;
+
+/// Highest Landlock ABI of the running kernel (0: none).
+pub fn kernel_abi() -> u8 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    // only returns the ABI version; no pointer is dereferenced.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32, // LANDLOCK_CREATE_RULESET_VERSION
+        )
+    };
+    u8::try_from(v).unwrap_or(0)
+}
+
+/// What to grant on one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// List a directory's entries only (an ancestor of a hole: any wider
+    /// right would be inherited by the hole).
+    List,
+    /// Read (and execute).
+    Read,
+    /// Read and write.
+    Write,
+}
+
+/// One path that must not inherit its ancestors' grant.
+#[derive(Debug, Clone)]
+pub struct Hole {
+    /// The path.
+    pub path: PathBuf,
+    /// What it keeps: `None` for nothing (deny), `Some(Read)` for protected.
+    pub keep: Option<Grant>,
+}
+
+/// Rules after carving holes: each a path and its grant.
+pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole]) -> Vec<(PathBuf, Grant)> {
+    let mut out = Vec::new();
+    for (root, grant) in roots {
+        carve_one(root, *grant, holes, &mut out, 0);
+    }
+    out
+}
+
+fn carve_one(
+    path: &Path,
+    grant: Grant,
+    holes: &[Hole],
+    out: &mut Vec<(PathBuf, Grant)>,
+    depth: usize,
+) {
+    if let Some(h) = holes.iter().find(|h| h.path == path) {
+        if let Some(keep) = h.keep {
+            let g = if keep == Grant::Read || grant == Grant::Read {
+                Grant::Read
+            } else {
+                Grant::Write
+            };
+            carve_one_inner(path, g, holes, out, depth);
+        }
+        return;
+    }
+    carve_one_inner(path, grant, holes, out, depth);
+}
+
+fn carve_one_inner(
+    path: &Path,
+    grant: Grant,
+    holes: &[Hole],
+    out: &mut Vec<(PathBuf, Grant)>,
+    depth: usize,
+) {
+    let inside = holes
+        .iter()
+        .any(|h| h.path != path && h.path.starts_with(path));
+    if !inside || depth > 32 {
+        out.push((path.to_path_buf(), grant));
+        return;
+    }
+    // The directory itself: listing only; read or write rights would be
+    // inherited by the hole.
+    out.push((path.to_path_buf(), Grant::List));
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        carve_one(&e.path(), grant, holes, out, depth + 1);
+    }
+}
+
+/// What Landlock enforced.
+#[derive(Debug, Clone)]
+pub struct LandlockReport {
+    /// ABI in force.
+    pub abi: u8,
+    /// Status.
+    pub level: Level,
+    /// Access classes handled.
+    pub rights: Vec<String>,
+}
+
+/// Builds and applies the ruleset to the calling (single-threaded) process.
+///
+/// `tcp`: whether TCP bind/connect stay allowed.
+///
+/// # Errors
+/// When the ruleset cannot be built or applied.
+pub fn apply(rules: &[(PathBuf, Grant)], tcp: bool) -> Result<LandlockReport, NativeError> {
+    let abi_n = kernel_abi();
+    if abi_n == 0 {
+        return Ok(LandlockReport {
+            abi: 0,
+            level: Level::None,
+            rights: Vec::new(),
+        });
+    }
+    let abi = ABI::from(i32::from(abi_n.min(10)));
+    let fs_all = AccessFs::from_all(abi);
+    let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
+    let err = |e: landlock::RulesetError| NativeError::Landlock {
+        message: e.to_string(),
+    };
+    let mut rights = vec!["fs".to_owned()];
+    if fs_all.contains(AccessFs::Refer) {
+        rights.push("refer".into());
+    }
+    if fs_all.contains(AccessFs::Truncate) {
+        rights.push("truncate".into());
+    }
+    if fs_all.contains(AccessFs::IoctlDev) {
+        rights.push("ioctl-dev".into());
+    }
+    let mut ruleset = Ruleset::default().handle_access(fs_all).map_err(err)?;
+    let net = AccessNet::from_all(abi);
+    if !tcp && !net.is_empty() {
+        ruleset = ruleset.handle_access(net).map_err(err)?;
+        rights.push("tcp".into());
+    }
+    let scopes = Scope::from_all(abi);
+    if !scopes.is_empty() {
+        ruleset = ruleset.scope(scopes).map_err(err)?;
+        rights.push("scope-abstract-unix".into());
+        rights.push("scope-signal".into());
+    }
+    let mut created = ruleset.create().map_err(err)?;
+    for (path, grant) in rules {
+        let Ok(fd) = PathFd::new(path) else { continue };
+        let is_file = std::fs::metadata(path)
+            .map(|m| !m.is_dir())
+            .unwrap_or(false);
+        let mut access = match grant {
+            Grant::List => BitFlags::from(AccessFs::ReadDir),
+            Grant::Read => read,
+            Grant::Write => fs_all,
+        };
+        if is_file {
+            access &= AccessFs::from_file(abi);
+        }
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err)?;
+    }
+    let status = created.restrict_self().map_err(err)?;
+    let level = match status.ruleset {
+        RulesetStatus::FullyEnforced => Level::Full,
+        RulesetStatus::PartiallyEnforced => Level::Partial,
+        RulesetStatus::NotEnforced => Level::None,
+    };
+    Ok(LandlockReport {
+        abi: abi_n,
+        level,
+        rights,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carve_grants_siblings_not_the_hole_nor_its_ancestors_write() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join("a/secret")).unwrap();
+        std::fs::create_dir_all(root.join("a/ok")).unwrap();
+        std::fs::write(root.join("b"), "").unwrap();
+        let rules = carve(
+            &[(root.clone(), Grant::Write)],
+            &[Hole {
+                path: root.join("a/secret"),
+                keep: None,
+            }],
+        );
+        let mut got: Vec<(PathBuf, Grant)> = rules;
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            got,
+            vec![
+                (root.clone(), Grant::List),
+                (root.join("a"), Grant::List),
+                (root.join("a/ok"), Grant::Write),
+                (root.join("b"), Grant::Write),
+            ]
+        );
+    }
+
+    #[test]
+    fn carve_keeps_protected_readable() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join(".git/hooks")).unwrap();
+        let rules = carve(
+            &[(root.clone(), Grant::Write)],
+            &[Hole {
+                path: root.join(".git/hooks"),
+                keep: Some(Grant::Read),
+            }],
+        );
+        assert!(rules.contains(&(root.join(".git/hooks"), Grant::Read)));
+        assert!(!rules.contains(&(root.clone(), Grant::Write)));
+    }
+
+    #[test]
+    fn carve_without_holes_is_identity() {
+        let rules = carve(&[("/usr".into(), Grant::Read)], &[]);
+        assert_eq!(rules, vec![(PathBuf::from("/usr"), Grant::Read)]);
+    }
+}

@@ -1,0 +1,405 @@
+//! Namespaces and mounts: the task's own view of the machine.
+//!
+//! Runs in the launch stage (unshare, id maps) and in the task's pid 1 (mounts,
+//! loopback, hostname), before Landlock, whose rules are tied to mounts.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+
+use super::NativeError;
+
+/// Namespaces the stage enters, by name, for the enforcement report.
+pub const NAMESPACES: [&str; 6] = ["user", "mount", "pid", "net", "ipc", "uts"];
+
+/// Enters new user, mount, pid, net, ipc and uts namespaces and maps the
+/// caller's uid/gid to themselves.
+///
+/// # Errors
+/// When user namespaces are unavailable (`errno` tells why).
+pub fn enter(uid: u32, gid: u32) -> Result<(), NativeError> {
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    unshare(flags).map_err(|e| NativeError::Namespaces { errno: e })?;
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(|source| NativeError::Setup {
+            what: format!("write {file}"),
+            source,
+        })
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    Ok(())
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), NativeError> {
+    mount(src, target, fstype, flags, data).map_err(|e| NativeError::Mount {
+        target: target.to_path_buf(),
+        source: std::io::Error::from(e),
+    })
+}
+
+/// What the mount namespace must look like.
+#[derive(Debug)]
+pub struct MountPlan<'a> {
+    /// Host unix-socket directories to hide behind empty read-only tmpfs.
+    pub mask_dirs: &'a [PathBuf],
+    /// Paths to make unreadable and unwritable (existing; globs expanded).
+    pub deny: &'a [PathBuf],
+    /// Paths inside writable trees to make read-only.
+    pub protect: &'a [PathBuf],
+    /// The workspace, for protected-path parents.
+    pub workspace: &'a Path,
+    /// Granted trees: they stay visible even under a directory we overmount.
+    pub keep: &'a [PathBuf],
+    /// Writable trees: everything else is mounted read-only.
+    pub write: &'a [PathBuf],
+}
+
+/// Mounts a fresh tmpfs on `target`, carrying over the granted trees beneath it
+/// (bound back in from descriptors opened before the overmount), then applies
+/// `final_flags` (e.g. read-only) with a remount.
+fn overmount_tmpfs(
+    target: &Path,
+    keep: &[PathBuf],
+    base: MsFlags,
+    data: &str,
+    read_only: bool,
+) -> Result<(), NativeError> {
+    use std::os::fd::AsRawFd as _;
+    let mut held = Vec::new();
+    for k in keep {
+        if k != target
+            && k.starts_with(target)
+            && let Some(fd) = open_path(k)
+        {
+            held.push((k.clone(), fd));
+        }
+    }
+    mnt(Some("tmpfs"), target, Some("tmpfs"), base, Some(data))?;
+    for (path, fd) in &held {
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if std::fs::metadata(&src).map(|m| m.is_dir()).unwrap_or(false) {
+            std::fs::create_dir_all(path).map_err(|source| NativeError::Setup {
+                what: format!("recreate {}", path.display()),
+                source,
+            })?;
+        } else {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| NativeError::Setup {
+                    what: format!("recreate {}", parent.display()),
+                    source,
+                })?;
+            }
+            std::fs::File::create(path).map_err(|source| NativeError::Setup {
+                what: format!("recreate {}", path.display()),
+                source,
+            })?;
+        }
+        mnt(
+            Some(&src),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+    if read_only {
+        mnt(
+            None,
+            target,
+            None,
+            base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            Some(data),
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds the task's filesystem view inside its fresh mount namespace.
+/// Must run in the new pid namespace (for /proc).
+///
+/// # Errors
+/// Any mount that fails: the task must not run with a partial view.
+pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
+    // Nothing we mount may propagate back to the host.
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    read_only_root(p.write)?;
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mnt(
+        Some("proc"),
+        Path::new("/proc"),
+        Some("proc"),
+        hard | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    overmount_tmpfs(Path::new("/tmp"), p.keep, hard, "mode=1777", false)?;
+    if Path::new("/dev/shm").is_dir() {
+        overmount_tmpfs(
+            Path::new("/dev/shm"),
+            p.keep,
+            hard | MsFlags::MS_NOEXEC,
+            "mode=1777",
+            false,
+        )?;
+    }
+    let mut seen: Vec<PathBuf> = Vec::new();
+    for d in p.mask_dirs {
+        let Ok(real) = std::fs::canonicalize(d) else {
+            continue;
+        };
+        if seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
+            continue;
+        }
+        overmount_tmpfs(&real, p.keep, hard | MsFlags::MS_NOEXEC, "mode=755", true)?;
+        seen.push(real);
+    }
+    // A mode-000 file to bind over denied files; its name is removed afterwards.
+    let mask_file = Path::new("/tmp/.taskbox-mask");
+    std::fs::File::create(mask_file).map_err(|source| NativeError::Setup {
+        what: "create mask file".into(),
+        source,
+    })?;
+    std::fs::set_permissions(
+        mask_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .map_err(|source| NativeError::Setup {
+        what: "chmod mask file".into(),
+        source,
+    })?;
+    for d in p.deny {
+        let Ok(meta) = std::fs::symlink_metadata(d) else {
+            continue;
+        };
+        let target = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if meta.is_dir() || target.is_dir() {
+            mnt(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                hard | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                Some("mode=000,size=4k"),
+            )?;
+        } else {
+            bind_ro(mask_file, &target)?;
+        }
+    }
+    std::fs::remove_file(mask_file).ok();
+    // Protected paths: make each top-level parent inside the workspace a mount
+    // point (so it cannot be renamed away and recreated), then bind read-only.
+    let mut tops: Vec<PathBuf> = Vec::new();
+    for path in p.protect {
+        if !path.exists() {
+            continue;
+        }
+        if let Ok(rel) = path.strip_prefix(p.workspace)
+            && let Some(first) = rel.components().next()
+        {
+            let top = p.workspace.join(first);
+            if top != *path && top.is_dir() && !tops.contains(&top) {
+                mnt(
+                    Some(&top.to_string_lossy()),
+                    &top,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                )?;
+                tops.push(top);
+            }
+        }
+        bind_ro(path, path)?;
+    }
+    Ok(())
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn set_read_only(path: &Path, read_only: bool, recursive: bool) -> Result<(), NativeError> {
+    let c = cstring(path).ok_or_else(|| NativeError::Plan {
+        message: format!("NUL byte in {}", path.display()),
+    })?;
+    let attr = MountAttr {
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `c` is a valid C string and `attr` a valid mount_attr, both live
+    // for the call; the size passed is the struct's.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(NativeError::Mount {
+            target: path.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes the whole host filesystem read-only in this mount namespace, then
+/// binds the writable trees back read-write. Landlock cannot refuse chmod,
+/// chown, utimes or xattrs outside the writable trees; a read-only mount does.
+fn read_only_root(write: &[PathBuf]) -> Result<(), NativeError> {
+    use std::os::fd::AsRawFd as _;
+    let held: Vec<_> = write
+        .iter()
+        .filter_map(|w| open_path(w).map(|fd| (w.clone(), fd)))
+        .collect();
+    set_read_only(Path::new("/"), true, true)?;
+    for (path, fd) in &held {
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mnt(
+            Some(&src),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        if set_read_only(path, false, true).is_err() {
+            set_read_only(path, false, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn bind_ro(src: &Path, target: &Path) -> Result<(), NativeError> {
+    let s = src.to_string_lossy();
+    mnt(Some(&s), target, None, MsFlags::MS_BIND, None)?;
+    mnt(
+        None,
+        target,
+        None,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None,
+    )
+}
+
+/// Brings up loopback in the (empty) network namespace.
+///
+/// # Errors
+/// When the interface cannot be configured.
+pub fn loopback_up() -> Result<(), NativeError> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| NativeError::Setup {
+        what: "loopback socket".into(),
+        source: e.into(),
+    })?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: SIOCSIFFLAGS reads a valid, initialised ifreq that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc != 0 {
+        return Err(NativeError::Setup {
+            what: "bring up loopback".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Sets the task's hostname (its own uts namespace).
+pub fn set_hostname() {
+    nix::unistd::sethostname("taskbox").ok();
+}
+
+/// Expands deny globs against the filesystem as it is at launch.
+pub fn expand_globs(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        let s = p.to_string_lossy();
+        if s.contains(['*', '?', '[']) {
+            if let Ok(g) = glob::glob(&s) {
+                out.extend(g.flatten());
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// A path as a C string, for exec.
+pub fn cstring(p: &Path) -> Option<CString> {
+    CString::new(p.as_os_str().as_bytes()).ok()
+}
+
+/// Whether this process can create a user namespace (tried in a throwaway child).
+/// Call only from a single-threaded process (`doctor`).
+pub fn userns_available() -> bool {
+    // SAFETY: the child only calls unshare and _exit.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let ok = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).is_ok();
+            // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            matches!(
+                nix::sys::wait::waitpid(child, None),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+            )
+        }
+        Err(_) => false,
+    }
+}
+
+/// An `O_PATH` descriptor pinning `p`, to bind it back after an overmount.
+fn open_path(p: &Path) -> Option<std::os::fd::OwnedFd> {
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
+    nix::fcntl::open(p, flags, nix::sys::stat::Mode::empty()).ok()
+}

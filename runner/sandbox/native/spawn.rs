@@ -1,0 +1,336 @@
+//! Runner side of a native launch: start the stage with a plain spawn (no
+//! `pre_exec`, so no fork of the multi-threaded runner), hand it the plan,
+//! stream its output under the cap, and collect the outcome.
+
+use std::io::{BufRead as _, BufReader, Write};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::NativeError;
+use super::plan::NativePlan;
+use super::stage::StageMsg;
+use crate::sandbox::{Enforcement, Exit, LimitHit, Outcome, Usage};
+
+/// Serializes the window in which the stage's socket end is inheritable, so a
+/// concurrent spawn elsewhere in the runner never inherits it.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
+/// Where the command's output goes (the caller's terminal, a buffer, ...).
+pub type Sink = Box<dyn Write + Send>;
+
+/// A launched task.
+pub struct Running {
+    child: Child,
+    msgs: mpsc::Receiver<StageMsg>,
+    pumps: Vec<JoinHandle<()>>,
+    output: Arc<AtomicU64>,
+    output_hit: Arc<AtomicBool>,
+    started_at: Instant,
+    cgroup: Option<PathBuf>,
+    enforcement: Option<Enforcement>,
+}
+
+/// Starts the stage and sends it the plan.
+///
+/// # Errors
+/// When the stage cannot be spawned or the plan cannot be sent.
+pub fn launch(
+    mut plan: NativePlan,
+    stage_exe: &Path,
+    stdout: Sink,
+    stderr: Sink,
+    task_id: &str,
+) -> Result<Running, NativeError> {
+    let (ours, theirs) = UnixStream::pair().map_err(|source| NativeError::Setup {
+        what: "socketpair".into(),
+        source,
+    })?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(stage_exe);
+    cmd.arg("__exec")
+        .arg("--fd")
+        .arg(fd.to_string())
+        .env_clear()
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = {
+        let _guard = SPAWN_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set_cloexec(&theirs, false)?;
+        let r = cmd.spawn();
+        set_cloexec(&theirs, true)?;
+        r.map_err(|source| NativeError::Spawn {
+            exe: stage_exe.to_path_buf(),
+            source,
+        })?
+    };
+    drop(theirs);
+    let started_at = Instant::now();
+    let mut running = Running {
+        child,
+        msgs: mpsc::channel().1,
+        pumps: Vec::new(),
+        output: Arc::new(AtomicU64::new(0)),
+        output_hit: Arc::new(AtomicBool::new(false)),
+        started_at,
+        cgroup: None,
+        enforcement: None,
+    };
+    if let Some(max) = plan.spec.limits.processes
+        && nix::unistd::getuid().is_root()
+    {
+        running.cgroup = pids_cgroup(task_id, running.child.id(), max);
+        plan.processes = if running.cgroup.is_some() {
+            "cgroup".into()
+        } else {
+            "none".into()
+        };
+    }
+    let cap = plan.spec.limits.output;
+    let stage_pid = running.child.id();
+    if let Some(out) = running.child.stdout.take() {
+        running.pumps.push(pump(
+            out,
+            stdout,
+            cap,
+            &running.output,
+            &running.output_hit,
+            stage_pid,
+        ));
+    }
+    if let Some(err) = running.child.stderr.take() {
+        running.pumps.push(pump(
+            err,
+            stderr,
+            cap,
+            &running.output,
+            &running.output_hit,
+            stage_pid,
+        ));
+    }
+    let body = serde_json::to_vec(&plan).map_err(|e| NativeError::Plan {
+        message: e.to_string(),
+    })?;
+    let mut w = &ours;
+    let len = u32::try_from(body.len()).map_err(|_| NativeError::Plan {
+        message: "plan too large".into(),
+    })?;
+    w.write_all(&len.to_le_bytes())
+        .and_then(|()| w.write_all(&body))
+        .map_err(|source| NativeError::Setup {
+            what: "send plan".into(),
+            source,
+        })?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(ours).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(m) = serde_json::from_str::<StageMsg>(&line)
+                && tx.send(m).is_err()
+            {
+                break;
+            }
+        }
+    });
+    running.msgs = rx;
+    Ok(running)
+}
+
+fn set_cloexec(s: &UnixStream, on: bool) -> Result<(), NativeError> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(s, FcntlArg::F_SETFD(flags))
+        .map(|_| ())
+        .map_err(|e| NativeError::Setup {
+            what: "fcntl".into(),
+            source: e.into(),
+        })
+}
+
+/// Root ignores RLIMIT_NPROC; a pids cgroup bounds the task instead.
+fn pids_cgroup(task_id: &str, pid: u32, max: u64) -> Option<PathBuf> {
+    let bases = [
+        Path::new("/sys/fs/cgroup/pids"),
+        Path::new("/sys/fs/cgroup"),
+    ];
+    for base in bases {
+        if !base.join("cgroup.procs").exists() {
+            continue;
+        }
+        let dir = base.join(format!("taskbox-{task_id}"));
+        if std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        let ok = std::fs::write(dir.join("pids.max"), max.to_string()).is_ok()
+            && std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok();
+        if ok {
+            return Some(dir);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    None
+}
+
+fn pump(
+    mut from: impl std::io::Read + Send + 'static,
+    mut to: Sink,
+    cap: Option<u64>,
+    total: &Arc<AtomicU64>,
+    hit: &Arc<AtomicBool>,
+    stage: u32,
+) -> JoinHandle<()> {
+    let total = Arc::clone(total);
+    let hit = Arc::clone(hit);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let before = total.fetch_add(n as u64, Ordering::Relaxed);
+            let allowed = cap.map_or(n as u64, |c| c.saturating_sub(before).min(n as u64)) as usize;
+            if allowed > 0 {
+                let _ = to.write_all(&buf[..allowed]);
+                let _ = to.flush();
+            }
+            if allowed < n && !hit.swap(true, Ordering::Relaxed) {
+                // Past the cap: the stage stops the whole task on SIGALRM.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(stage as i32),
+                    nix::sys::signal::Signal::SIGALRM,
+                );
+            }
+        }
+    })
+}
+
+impl Running {
+    /// pid of the launch stage.
+    pub fn stage_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the sandbox is in force and the command is being exec'd.
+    ///
+    /// # Errors
+    /// The stage's own report of why it refused or failed.
+    pub fn started(&mut self) -> Result<Enforcement, NativeError> {
+        match self.msgs.recv() {
+            Ok(StageMsg::Started { enforcement }) => {
+                self.enforcement = Some(enforcement.clone());
+                Ok(enforcement)
+            }
+            Ok(StageMsg::Failed { code, message }) => {
+                let _ = self.finish_wait();
+                Err(NativeError::Stage { code, message })
+            }
+            Ok(StageMsg::Exited { .. }) | Err(_) => {
+                let status = self.finish_wait().map(|(s, _)| s).unwrap_or(-1);
+                Err(NativeError::Stage {
+                    code: 125,
+                    message: format!(
+                        "the launch stage ended before the command started (wait status {status})"
+                    ),
+                })
+            }
+        }
+    }
+
+    fn finish_wait(&mut self) -> Result<(i32, libc::rusage), NativeError> {
+        let pid = self.child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: rusage is plain old data; zeroed is valid.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: wait4 writes into `status` and `usage`, both live locals.
+            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            if rc == pid {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(NativeError::Setup {
+                    what: "wait for the stage".into(),
+                    source: err,
+                });
+            }
+        }
+        for p in self.pumps.drain(..) {
+            let _ = p.join();
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = std::fs::remove_dir(cg);
+        }
+        Ok((status, usage))
+    }
+
+    /// Waits for the task to end and collects its outcome.
+    ///
+    /// # Errors
+    /// When the stage cannot be waited for, or it failed after starting.
+    pub fn wait(mut self) -> Result<Outcome, NativeError> {
+        let enforcement = match self.enforcement.take() {
+            Some(e) => e,
+            None => self.started()?,
+        };
+        let (status, usage) = self.finish_wait()?;
+        let duration_ms = u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut exit = None;
+        let mut limit = None;
+        while let Ok(m) = self.msgs.recv() {
+            match m {
+                StageMsg::Exited { exit: e, limit: l } => {
+                    exit = Some(e);
+                    limit = l;
+                }
+                StageMsg::Failed { code, message } => {
+                    return Err(NativeError::Stage { code, message });
+                }
+                StageMsg::Started { .. } => {}
+            }
+        }
+        let exit = exit.unwrap_or(if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        });
+        if self.output_hit.load(Ordering::Relaxed) {
+            limit = Some(LimitHit::Output);
+        }
+        let us = |t: libc::timeval| {
+            (t.tv_sec as u64)
+                .saturating_mul(1_000_000)
+                .saturating_add(t.tv_usec as u64)
+        };
+        Ok(Outcome {
+            exit,
+            limit_hit: limit,
+            enforcement,
+            duration_ms,
+            usage: Usage {
+                user_us: us(usage.ru_utime),
+                sys_us: us(usage.ru_stime),
+                max_rss_kib: usage.ru_maxrss as u64,
+                output_bytes: self.output.load(Ordering::Relaxed),
+            },
+        })
+    }
+
+    /// Stops the task now (its whole process tree).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+}

@@ -1,0 +1,662 @@
+//! The launch stage: a fresh, single-threaded process (`taskbox __exec`) that
+//! reads a `NativePlan`, builds the sandbox and supervises the command.
+//!
+//! Process tree in namespace mode:
+//! ```text
+//! runner ── stage (outer: wall clock, signal relay) ── init (pid 1: mounts, reaper) ── command
+//! ```
+//! In Landlock-only mode the stage is both outer and init, a child subreaper.
+//! Every process here dies with its parent (`PR_SET_PDEATHSIG`), so killing the
+//! runner kills the task; pid 1's death kills the whole pid namespace.
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::{FromRawFd as _, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, getpid, setsid};
+use serde::{Deserialize, Serialize};
+
+use super::landlock::{self as ll, Grant, Hole};
+use super::plan::{Isolation, NativePlan};
+use super::{NativeError, ns, rlimit, seccomp};
+use crate::profile::NetMode;
+use crate::sandbox::{Enforcement, Exit, Level, LimitHit};
+
+/// Messages from the stage to the runner, one JSON object per line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "kebab-case")]
+pub enum StageMsg {
+    /// The sandbox is in force; the command is being exec'd.
+    Started {
+        /// What was applied.
+        enforcement: Enforcement,
+    },
+    /// Setup failed; nothing ran. `code` is 125 (taskbox) or 126 (policy) or 127 (not found).
+    Failed {
+        /// Exit code for the runner.
+        code: i32,
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// The command ended.
+    Exited {
+        /// How.
+        exit: Exit,
+        /// Which limit stopped it.
+        limit: Option<LimitHit>,
+    },
+}
+
+/// Signals the supervisor handles itself (blocked, read with sigtimedwait).
+fn handled() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCONT,
+        // "stop the task now": sent by the runner (output cap), or by the
+        // kernel when the runner dies (Landlock-only mode's parent-death signal)
+        Signal::SIGALRM,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+struct Channel(UnixStream);
+
+impl Channel {
+    fn send(&mut self, msg: &StageMsg) {
+        if let Ok(mut line) = serde_json::to_vec(msg) {
+            line.push(b'\n');
+            let _ = self.0.write_all(&line);
+        }
+    }
+}
+
+/// Entry point of `taskbox __exec --fd N`. Never returns.
+pub fn main(fd: RawFd) -> ! {
+    // SAFETY: the runner passed this descriptor number for our exclusive use.
+    let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let mut chan = Channel(sock);
+    let code = match run(&mut chan) {
+        Ok(code) => code,
+        Err((code, e)) => {
+            chan.send(&StageMsg::Failed {
+                code,
+                message: format!("{e}"),
+            });
+            code
+        }
+    };
+    std::process::exit(code)
+}
+
+type StageResult<T> = Result<T, (i32, NativeError)>;
+
+fn setup<T>(r: Result<T, NativeError>) -> StageResult<T> {
+    r.map_err(|e| (125, e))
+}
+
+fn read_plan(chan: &mut Channel) -> Result<NativePlan, NativeError> {
+    let mut len = [0u8; 4];
+    chan.0
+        .read_exact(&mut len)
+        .map_err(|source| NativeError::Setup {
+            what: "read plan".into(),
+            source,
+        })?;
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    chan.0
+        .read_exact(&mut buf)
+        .map_err(|source| NativeError::Setup {
+            what: "read plan".into(),
+            source,
+        })?;
+    serde_json::from_slice(&buf).map_err(|e| NativeError::Plan {
+        message: e.to_string(),
+    })
+}
+
+fn run(chan: &mut Channel) -> StageResult<i32> {
+    die_with_parent();
+    let plan = setup(read_plan(chan))?;
+    if nix::unistd::getppid().as_raw() != plan.runner_pid {
+        return Err((
+            125,
+            NativeError::Plan {
+                message: "the runner went away before launch".into(),
+            },
+        ));
+    }
+    setup(
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None).map_err(|e| {
+            NativeError::Setup {
+                what: "block signals".into(),
+                source: e.into(),
+            }
+        }),
+    )?;
+    let deadline = plan
+        .spec
+        .limits
+        .wall_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut notes = Vec::new();
+    let isolation = match plan.isolation {
+        Isolation::Namespaces => match ns::enter(plan.uid, plan.gid) {
+            Ok(()) => Isolation::Namespaces,
+            Err(e) if plan.fallback_allowed => {
+                notes.push(format!(
+                    "namespaces unavailable ({e}); running under Landlock + seccomp only"
+                ));
+                Isolation::LandlockOnly
+            }
+            Err(e) => {
+                return Err((
+                    126,
+                    NativeError::Requirement {
+                        missing: format!(
+                            "{e}. The profile requires namespaces. Hint: enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0), or use a profile with `require.namespaces = false`"
+                        ),
+                    },
+                ));
+            }
+        },
+        Isolation::LandlockOnly => {
+            if !plan.fallback_allowed {
+                return Err((
+                    126,
+                    NativeError::Requirement {
+                        missing: "namespaces are switched off here but the profile requires them"
+                            .into(),
+                    },
+                ));
+            }
+            notes.push("namespaces switched off; running under Landlock + seccomp only".into());
+            Isolation::LandlockOnly
+        }
+    };
+    if isolation == Isolation::LandlockOnly {
+        notes.push(
+            "without a mount namespace, chmod/chown/utimes on files the caller owns outside the writable trees are not refused (Landlock does not cover them)"
+                .into(),
+        );
+    }
+    match isolation {
+        Isolation::Namespaces => {
+            // SAFETY: single-threaded process; the child only makes syscalls and
+            // eventually exits or execs.
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => {
+                    die_with_parent();
+                    let code = match init(chan, &plan, isolation, notes, None) {
+                        Ok(c) => c,
+                        Err((c, e)) => {
+                            chan.send(&StageMsg::Failed {
+                                code: c,
+                                message: format!("{e}"),
+                            });
+                            c
+                        }
+                    };
+                    std::process::exit(code)
+                }
+                Ok(ForkResult::Parent { child }) => Ok(relay(chan, child, deadline)),
+                Err(e) => Err((
+                    125,
+                    NativeError::Setup {
+                        what: "fork pid 1".into(),
+                        source: e.into(),
+                    },
+                )),
+            }
+        }
+        Isolation::LandlockOnly => {
+            // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer; orphans of the
+            // command reparent to us so nothing escapes the final kill.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            // Without a pid namespace our death would not take the task with
+            // it: on the runner's death, get SIGALRM (handled: kill the tree)
+            // instead of SIGKILL.
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGALRM, 0, 0, 0) };
+            if nix::unistd::getppid().as_raw() != plan.runner_pid {
+                return Err((
+                    125,
+                    NativeError::Plan {
+                        message: "the runner went away during launch".into(),
+                    },
+                ));
+            }
+            init(chan, &plan, isolation, notes, deadline)
+        }
+    }
+}
+
+fn die_with_parent() {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+}
+
+/// Waits for a blocked signal until `deadline`; `None` on timeout.
+fn wait_signal(set: &SigSet, deadline: Option<Instant>) -> Option<i32> {
+    loop {
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+            }
+        });
+        let ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `set` is a valid sigset and `ptr` is null or points to a live timespec.
+        let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ptr) };
+        if sig >= 0 {
+            return Some(sig);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => return None,
+            _ => continue, // EINTR
+        }
+    }
+}
+
+/// Outer stage in namespace mode: enforces the wall clock, relays signals to pid 1.
+fn relay(chan: &mut Channel, init: Pid, deadline: Option<Instant>) -> i32 {
+    let set = handled();
+    let mut limit = None;
+    let mut killed = false;
+    loop {
+        match wait_signal(&set, deadline.filter(|_| !killed)) {
+            None => {
+                limit = Some(LimitHit::Wall);
+                killed = true;
+                let _ = kill(init, Signal::SIGKILL);
+            }
+            Some(libc::SIGCHLD) => {
+                // pid 1 reported the command's end itself, unless we killed it.
+                let exit = match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => decode(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
+                    _ => continue,
+                };
+                return if killed {
+                    finish(chan, Exit::Signal(libc::SIGKILL), limit)
+                } else {
+                    exit.status()
+                };
+            }
+            Some(libc::SIGALRM) => {
+                killed = true;
+                let _ = kill(init, Signal::SIGKILL);
+            }
+            Some(sig) => {
+                if let Ok(s) = Signal::try_from(sig) {
+                    let _ = kill(init, s);
+                }
+            }
+        }
+    }
+}
+
+/// pid 1 reports the command's death by signal N as exit 128+N (it cannot
+/// die of most signals itself); decode that back.
+fn decode(code: i32) -> Exit {
+    if (129..=128 + 64).contains(&code) {
+        Exit::Signal(code - 128)
+    } else {
+        Exit::Code(code)
+    }
+}
+
+fn finish(chan: &mut Channel, exit: Exit, limit: Option<LimitHit>) -> i32 {
+    chan.send(&StageMsg::Exited { exit, limit });
+    match limit {
+        Some(LimitHit::Wall) => 124,
+        _ => exit.status(),
+    }
+}
+
+/// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
+/// view, starts the command, reaps, and kills what is left when it ends.
+fn init(
+    chan: &mut Channel,
+    plan: &NativePlan,
+    isolation: Isolation,
+    mut notes: Vec<String>,
+    deadline: Option<Instant>,
+) -> StageResult<i32> {
+    let spec = &plan.spec;
+    let deny = ns::expand_globs(&spec.fs.deny);
+    let mut hidden: Vec<PathBuf> = deny.clone();
+    hidden.extend(plan.hide.iter().cloned());
+    let keep: Vec<PathBuf> = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
+    let mut namespaces = Vec::new();
+    if isolation == Isolation::Namespaces {
+        setup(ns::build_view(&ns::MountPlan {
+            mask_dirs: &plan.mask_sockets,
+            deny: &hidden,
+            protect: &spec.fs.protect,
+            workspace: &spec.workspace,
+            keep: &keep,
+            write: &spec.fs.write,
+        }))?;
+        if spec.net.mode != NetMode::Host {
+            setup(ns::loopback_up())?;
+        }
+        ns::set_hostname();
+        namespaces = ns::NAMESPACES.iter().map(|s| (*s).to_owned()).collect();
+        if spec.net.mode == NetMode::Host {
+            notes.push("network mode host: the network namespace is not used for reach".into());
+        }
+    }
+    // Landlock rules: roots, with deny holes (and, without a mount namespace,
+    // protected holes) carved out.
+    let tmp = match isolation {
+        Isolation::Namespaces => PathBuf::from("/tmp"),
+        Isolation::LandlockOnly => plan.host_tmp.clone(),
+    };
+    // Without a mount namespace, `{tmp}` (resolved as /tmp) is the task's own
+    // directory on the host, never the shared /tmp.
+    let retmp = |p: &PathBuf| match (isolation, p.strip_prefix("/tmp")) {
+        (Isolation::LandlockOnly, Ok(rest)) => tmp.join(rest),
+        _ => p.clone(),
+    };
+    let mut roots: Vec<(PathBuf, Grant)> = spec
+        .fs
+        .read
+        .iter()
+        .map(|p| (retmp(p), Grant::Read))
+        .collect();
+    roots.extend(spec.fs.write.iter().map(|p| (retmp(p), Grant::Write)));
+    if spec.workspace_mode == crate::profile::WorkspaceMode::Overlay {
+        notes.push("workspace mode overlay is not available in this build: writes land in the workspace in place".into());
+    }
+    let mut holes: Vec<Hole> = hidden
+        .iter()
+        .map(|p| Hole {
+            path: p.clone(),
+            keep: None,
+        })
+        .collect();
+    if isolation == Isolation::LandlockOnly {
+        holes.extend(spec.fs.protect.iter().filter(|p| p.exists()).map(|p| Hole {
+            path: p.clone(),
+            keep: Some(Grant::Read),
+        }));
+        if holes.iter().any(|h| h.keep.is_some()) {
+            notes.push("protected paths are carved out with Landlock: new files cannot be created directly in their parent directories".into());
+        }
+    }
+    let rules = ll::carve(&roots, &holes);
+    if isolation == Isolation::LandlockOnly && rules.iter().any(|(_, g)| *g == Grant::List) {
+        notes.push("without a mount namespace, entry names (never contents) inside a denied directory whose parent is granted can be listed".into());
+    }
+    let inet = spec.net.mode != NetMode::None;
+    let filters = setup(seccomp::build(inet))?;
+    let (exe, argv, envp) = exec_args(plan, &tmp).map_err(|e| (e.exit_code(), e))?;
+
+    // SAFETY: single-threaded; the child only makes syscalls, then execs or exits.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = match command(
+                chan, plan, &rules, &filters, namespaces, notes, &exe, &argv, &envp,
+            ) {
+                Ok(never) => match never {},
+                Err((c, e)) => {
+                    chan.send(&StageMsg::Failed {
+                        code: c,
+                        message: format!("{e}"),
+                    });
+                    c
+                }
+            };
+            // SAFETY: _exit skips atexit handlers that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            return Err((
+                125,
+                NativeError::Setup {
+                    what: "fork command".into(),
+                    source: e.into(),
+                },
+            ));
+        }
+    };
+    let set = handled();
+    let mut status: Option<Exit> = None;
+    let mut limit = None;
+    loop {
+        if let Some(exit) = status {
+            kill_rest(isolation, child);
+            return Ok(finish(chan, exit, limit));
+        }
+        match wait_signal(&set, deadline) {
+            None => {
+                limit = Some(LimitHit::Wall);
+                kill_rest(isolation, child);
+                status = Some(Exit::Signal(libc::SIGKILL));
+            }
+            Some(libc::SIGCHLD) => loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                        status = Some(Exit::Code(code))
+                    }
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                        status = Some(Exit::Signal(sig as i32))
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+            Some(libc::SIGALRM) => {
+                kill_rest(isolation, child);
+                status = Some(Exit::Signal(libc::SIGKILL));
+            }
+            Some(sig) => {
+                if let Ok(s) = Signal::try_from(sig) {
+                    // The command leads its own process group (setsid).
+                    let _ = kill(Pid::from_raw(-child.as_raw()), s);
+                }
+            }
+        }
+    }
+}
+
+/// Kills everything the command left behind. In a pid namespace, pid 1
+/// exiting does it; without one, kill the command's group, then every child
+/// reparented to us (we are a subreaper), until none is left.
+fn kill_rest(isolation: Isolation, child: Pid) {
+    let _ = kill(Pid::from_raw(-child.as_raw()), Signal::SIGKILL);
+    if isolation == Isolation::Namespaces {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        return;
+    }
+    let me = getpid();
+    for _ in 0..10_000 {
+        let kids = children(me);
+        for k in &kids {
+            let _ = kill(Pid::from_raw(-k), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(*k), Signal::SIGKILL);
+        }
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(_) => {}
+            Err(_) if kids.is_empty() => return,
+            Err(_) => {}
+        }
+    }
+}
+
+fn children(me: Pid) -> Vec<i32> {
+    let path = format!("/proc/{me}/task/{me}/children");
+    std::fs::read_to_string(path)
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+type CArgs = (
+    std::ffi::CString,
+    Vec<std::ffi::CString>,
+    Vec<std::ffi::CString>,
+);
+
+/// Resolves the program on the task's PATH and builds argv and envp.
+fn exec_args(plan: &NativePlan, tmp: &std::path::Path) -> Result<CArgs, NativeError> {
+    use std::ffi::CString;
+    let mut env: Vec<(String, String)> = plan.spec.env.vars.clone();
+    if !env.iter().any(|(k, _)| k == "TMPDIR") {
+        env.push(("TMPDIR".into(), tmp.to_string_lossy().into_owned()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v.as_str());
+    let prog = &plan.argv[0];
+    let exe: PathBuf = if prog.contains('/') {
+        plan.cwd.join(prog)
+    } else {
+        path_var
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join(prog))
+            .find(|p| {
+                p.is_file()
+                    && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
+            })
+            .ok_or_else(|| NativeError::NotFound {
+                program: prog.clone(),
+            })?
+    };
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| NativeError::Plan {
+            message: format!("NUL byte in `{s}`"),
+        })
+    };
+    let exe_c = ns::cstring(&exe).ok_or_else(|| NativeError::Plan {
+        message: "NUL byte in program path".into(),
+    })?;
+    let argv = plan
+        .argv
+        .iter()
+        .map(|a| c(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|(k, v)| c(&format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((exe_c, argv, envp))
+}
+
+enum Never {}
+
+/// The command process: session, cwd, limits, privileges, Landlock, seccomp, exec.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument is a distinct piece of the plan"
+)]
+fn command(
+    chan: &mut Channel,
+    plan: &NativePlan,
+    rules: &[(PathBuf, Grant)],
+    filters: &[seccompiler::BpfProgram],
+    namespaces: Vec<String>,
+    mut notes: Vec<String>,
+    exe: &std::ffi::CString,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+) -> StageResult<Never> {
+    let spec = &plan.spec;
+    setup(
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(|e| {
+            NativeError::Setup {
+                what: "unblock signals".into(),
+                source: e.into(),
+            }
+        }),
+    )?;
+    setup(setsid().map(|_| ()).map_err(|e| NativeError::Setup {
+        what: "setsid".into(),
+        source: e.into(),
+    }))?;
+    setup(
+        std::env::set_current_dir(&plan.cwd).map_err(|source| NativeError::Setup {
+            what: format!("chdir {}", plan.cwd.display()),
+            source,
+        }),
+    )?;
+    setup(rlimit::apply(&spec.limits))?;
+    setup(rlimit::drop_capabilities())?;
+    setup(rlimit::no_new_privs())?;
+    let inet = spec.net.mode != NetMode::None;
+    let report = setup(ll::apply(rules, inet))?;
+    if report.abi < spec.require.landlock_abi {
+        return Err((
+            126,
+            NativeError::Requirement {
+                missing: format!(
+                    "Landlock ABI {} is required but this kernel has {}. Hint: a newer kernel, or boot with lsm=...,landlock",
+                    spec.require.landlock_abi, report.abi
+                ),
+            },
+        ));
+    }
+    if report.level != Level::Full {
+        notes.push(format!("landlock {:?}", report.level).to_lowercase());
+    }
+    let insns = setup(seccomp::apply(filters))?;
+    let processes = plan.processes.clone();
+    let limits = if spec.limits.processes.is_some() && processes == "none" {
+        notes.push("the process limit is not enforced: uid 0 ignores RLIMIT_NPROC and no pids cgroup was writable".into());
+        Level::Partial
+    } else {
+        Level::Full
+    };
+    let enforcement = Enforcement {
+        landlock_abi: report.abi,
+        landlock: report.level,
+        landlock_rights: report.rights,
+        seccomp: Level::Full,
+        seccomp_insns: insns,
+        namespaces,
+        network: spec.net.mode,
+        limits,
+        processes,
+        notes,
+    };
+    chan.send(&StageMsg::Started { enforcement });
+    let e = nix::unistd::execve(exe, argv, envp).err();
+    let err = e.map_or_else(
+        || std::io::Error::other("exec returned"),
+        std::io::Error::from,
+    );
+    Err((
+        126,
+        NativeError::Exec {
+            program: plan.argv[0].clone(),
+            source: err,
+        },
+    ))
+}

@@ -1,0 +1,116 @@
+//! Tasks: ids and where their state lives.
+//!
+//! Owns the state directory layout. Refuses to place state anywhere a sandbox
+//! can reach (the native backend hides the state directory from every task).
+
+use std::path::{Path, PathBuf};
+
+/// A task id: a ULID, sortable by creation time.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        Self(ulid::Ulid::generate().to_string())
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The runner's state directory: audit log, per-task directories.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// `$TASKBOX_STATE_DIR`, else `$XDG_STATE_HOME/taskbox`, else `~/.local/state/taskbox`.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+        let root = get("TASKBOX_STATE_DIR")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                get("XDG_STATE_HOME")
+                    .filter(|s| s.starts_with('/'))
+                    .map(|s| PathBuf::from(s).join("taskbox"))
+            })
+            .unwrap_or_else(|| {
+                PathBuf::from(get("HOME").unwrap_or_else(|| "/".into()))
+                    .join(".local/state/taskbox")
+            });
+        Self {
+            root: crate::profile::normalize(&std::path::absolute(&root).unwrap_or(root)),
+        }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.log")
+    }
+
+    /// A task's private temporary directory on the host (Landlock-only mode).
+    pub fn task_tmp(&self, id: &TaskId) -> PathBuf {
+        self.root.join("tmp").join(id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_precedence() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(
+            StateDir::from_env(env(&[("TASKBOX_STATE_DIR", "/s"), ("HOME", "/h")])).root(),
+            Path::new("/s")
+        );
+        assert_eq!(
+            StateDir::from_env(env(&[("XDG_STATE_HOME", "/x"), ("HOME", "/h")])).root(),
+            Path::new("/x/taskbox")
+        );
+        assert_eq!(
+            StateDir::from_env(env(&[("HOME", "/h")])).root(),
+            Path::new("/h/.local/state/taskbox")
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_ulids() {
+        let a = TaskId::new();
+        let b = TaskId::new();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 26);
+    }
+}

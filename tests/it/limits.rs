@@ -1,0 +1,172 @@
+//! Limits contain bombs and overruns; nothing the task started survives it.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Mode, TestBox, process_alive};
+
+fn tight(t: &TestBox) -> String {
+    t.profile(
+        "tight",
+        "extends = \"explore\"\n[limits]\nwall = \"4s\"\nprocesses = 64\nmemory = \"256MiB\"\noutput = \"1MiB\"\n",
+    )
+}
+
+#[test]
+fn wall_clock_overrun_exits_124_and_kills_the_tree() {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let p = t.profile("wall", "extends = \"explore\"\n[limits]\nwall = \"1s\"\n");
+        let marker = format!("31{}{}", std::process::id(), m as u8);
+        let start = Instant::now();
+        let r = t.sh(&p, &format!("sleep {marker} & sleep 60"));
+        r.code(124);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(r.json()["outcome"]["limit_hit"], "wall", "{r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !process_alive(&format!("sleep {marker}")),
+            "{m:?}: a child survived the wall-clock kill"
+        );
+    }
+}
+
+#[test]
+fn a_double_forked_daemon_does_not_outlive_the_task() {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let marker = format!("32{}{}", std::process::id(), m as u8);
+        let r = t.sh(
+            "explore",
+            &format!("setsid sh -c 'sleep {marker} &' ; sleep 0.2; echo started"),
+        );
+        r.code(0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !process_alive(&format!("sleep {marker}")),
+            "{m:?}: the daemon outlived the task"
+        );
+    }
+}
+
+#[test]
+fn fork_bomb_is_contained() {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let p = tight(&t);
+        let start = Instant::now();
+        let r = t.sh(&p, "bomb() { bomb | bomb & }; bomb; sleep 2; echo survived");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{m:?}: took {:?}",
+            start.elapsed()
+        );
+        assert_ne!(r.code, 125, "{r:?}");
+        let j = r.json();
+        assert!(
+            ["rlimit", "cgroup"]
+                .contains(&j["outcome"]["enforcement"]["processes"].as_str().unwrap()),
+            "{j}"
+        );
+        // the host can still fork, and nothing of the bomb is left
+        assert!(
+            std::process::Command::new("/bin/true")
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+#[test]
+fn memory_bomb_is_contained() {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let p = tight(&t);
+        let r = t.taskbox(&[
+            "run",
+            "-p",
+            &p,
+            "--json",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "x = bytearray(1 << 30); print('ALLOCATED', len(x))",
+        ]);
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(
+            !r.stdout.contains("ALLOCATED"),
+            "{m:?}: 1 GiB allocated under a 256 MiB limit"
+        );
+    }
+}
+
+#[test]
+fn output_flood_is_capped_and_stopped() {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let p = tight(&t);
+        let start = Instant::now();
+        let r = t.taskbox(&["run", "-p", &p, "--", "/usr/bin/yes", "flood"]);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{m:?}: flood ran {:?}",
+            start.elapsed()
+        );
+        assert!(
+            r.stdout.len() <= 1 << 20,
+            "{m:?}: {} bytes passed the 1 MiB cap",
+            r.stdout.len()
+        );
+        assert!(
+            r.stdout.len() >= 1 << 19,
+            "{m:?}: only {} bytes",
+            r.stdout.len()
+        );
+        assert_eq!(r.code, 137, "{:?}", r.stderr);
+        assert!(r.stderr.contains("output limit"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn killing_the_runner_kills_the_task() {
+    for m in [Mode::Root, Mode::RootNoNs] {
+        let t = TestBox::new(m);
+        let marker = format!("33{}{}", std::process::id(), m as u8);
+        let mut child = t
+            .cmd(&["run", "--", "/bin/sh", "-c", &format!("sleep {marker}")])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            process_alive(&format!("sleep {marker}")),
+            "task did not start"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !process_alive(&format!("sleep {marker}")),
+            "{m:?}: the task outlived a killed runner"
+        );
+    }
+}
+
+#[test]
+fn only_granted_environment_reaches_the_task() {
+    let t = TestBox::new(Mode::Root);
+    let mut c = t.cmd(&["run", "--", "/usr/bin/env"]);
+    c.env("LEAKY", "should-not-pass").env("LANG", "C.UTF-8");
+    let r = crate::support::run(c);
+    r.code(0);
+    assert!(
+        !r.stdout.contains("LEAKY") && !r.stdout.contains("RUNNER-ENV-SECRET"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("LANG=C.UTF-8"), "{}", r.stdout);
+    assert!(r.stdout.contains("TMPDIR="), "{}", r.stdout);
+}

@@ -1,0 +1,10 @@
+//! The one integration binary: taskbox against the real kernel, effects
+//! checked from outside the sandbox, as root and as an unprivileged uid, with
+//! and without namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod audit;
+mod limits;
+mod profiles;
+mod sandbox;
+mod support;

@@ -1,0 +1,415 @@
+//! Escapes a task must not achieve; each checked from outside.
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::support::{Mode, TestBox};
+
+fn each(f: impl Fn(&TestBox)) {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        eprintln!("-- mode {m:?}");
+        f(&t);
+    }
+}
+
+#[test]
+fn a_plain_command_runs_and_its_status_passes_through() {
+    each(|t| {
+        let r = t.sh("explore", "echo out; echo err >&2; exit 7");
+        r.code(7);
+        assert!(r.stdout.starts_with("out\n"), "{}", r.stdout);
+        assert!(r.stderr.contains("err"), "{}", r.stderr);
+        let j = r.json();
+        assert_eq!(j["status"], 7);
+        assert_eq!(j["outcome"]["enforcement"]["landlock"], "full");
+        assert_eq!(j["outcome"]["enforcement"]["seccomp"], "full");
+        let ns = j["outcome"]["enforcement"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(
+            ns,
+            if matches!(t.mode, Mode::Root | Mode::User) {
+                6
+            } else {
+                0
+            }
+        );
+    });
+}
+
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    each(|t| {
+        t.sh("explore", "kill -TERM $$").code(143);
+    });
+}
+
+#[test]
+fn writes_outside_the_workspace_fail() {
+    each(|t| {
+        let o = t.outside.display();
+        std::os::unix::fs::symlink(&t.outside, t.ws.join("link")).unwrap();
+        t.own(&t.ws.join("link"));
+        std::fs::write(t.ws.join("moveme"), "m").unwrap();
+        t.own(&t.ws.join("moveme"));
+        let script = format!(
+            "echo x > {o}/direct; echo x > link/via-symlink; ln {o}/file hardlink && echo pwned >> hardlink; \
+             mv moveme {o}/moved; truncate -s 0 {o}/file; chmod 777 {o}/file; echo inside > inside.txt"
+        );
+        let r = t.sh("explore", &script);
+        assert!(!t.outside.join("direct").exists(), "direct write escaped");
+        assert!(
+            !t.outside.join("via-symlink").exists(),
+            "symlink write escaped"
+        );
+        assert!(!t.outside.join("moved").exists(), "rename out escaped");
+        assert!(t.ws.join("moveme").exists(), "renamed-away file vanished");
+        assert_eq!(
+            std::fs::read_to_string(t.outside.join("file")).unwrap(),
+            "outside-original\n",
+            "outside file changed"
+        );
+        let mode = std::fs::metadata(t.outside.join("file"))
+            .unwrap()
+            .permissions();
+        if matches!(t.mode, Mode::Root | Mode::User) {
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o644,
+                "chmod escaped"
+            );
+        } else {
+            // Landlock cannot refuse chmod; the report must say so.
+            assert!(
+                r.json()["outcome"]["enforcement"]["notes"]
+                    .to_string()
+                    .contains("chmod"),
+                "{r:?}"
+            );
+        }
+        // the workspace itself stays writable (explore writes in place until the overlay lands)
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("inside.txt")).unwrap(),
+            "inside\n",
+            "{r:?}"
+        );
+    });
+}
+
+#[test]
+fn deny_paths_are_unreadable_by_every_route() {
+    each(|t| {
+        let h = t.home.display();
+        std::os::unix::fs::symlink(t.home.join(".ssh"), t.ws.join("sshlink")).unwrap();
+        t.own(&t.ws.join("sshlink"));
+        let profile = t.profile(
+            "readhome",
+            "extends = \"explore\"\n[filesystem]\nread = [\"{home}\"]\n",
+        );
+        let script = format!(
+            "cat {h}/.ssh/id_rsa; cat sshlink/id_rsa; cat /proc/self/root{h}/.ssh/id_rsa; cat /proc/$PPID/root{h}/.ssh/id_rsa; \
+             cat {h}/.netrc; ls {h}/.ssh; echo SECRET-OVERWRITE > {h}/.ssh/id_rsa; echo done"
+        );
+        let r = t.sh(&profile, &script);
+        assert!(r.stdout.contains("done"), "{r:?}");
+        assert!(
+            !r.stdout.contains("SECRET-SSH-KEY"),
+            "ssh key leaked: {}",
+            r.stdout
+        );
+        assert!(
+            !r.stdout.contains("SECRET-NETRC"),
+            "netrc leaked: {}",
+            r.stdout
+        );
+        if matches!(t.mode, Mode::Root | Mode::User) {
+            // masked by a mode-000 mount; Landlock alone lets a granted parent list names
+            assert!(
+                !r.stdout.contains("id_rsa"),
+                "denied dir listed: {}",
+                r.stdout
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(t.home.join(".ssh/id_rsa")).unwrap(),
+            "SECRET-SSH-KEY\n",
+            "write to deny path landed"
+        );
+    });
+}
+
+#[test]
+fn deny_globs_cover_matches_inside_a_readable_tree() {
+    each(|t| {
+        std::fs::write(t.ws.join("prod.env"), "SECRET-ENV\n").unwrap();
+        std::fs::write(t.ws.join("ok.txt"), "fine\n").unwrap();
+        t.own(&t.ws);
+        let profile = t.profile(
+            "glob",
+            "extends = \"explore\"\n[filesystem]\ndeny = [\"{workspace}/*.env\"]\n",
+        );
+        let r = t.sh(
+            &profile,
+            "cat prod.env; echo overwritten > prod.env; cat ok.txt",
+        );
+        assert!(r.stdout.contains("fine"), "{r:?}");
+        assert!(!r.stdout.contains("SECRET-ENV"), "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("prod.env")).unwrap(),
+            "SECRET-ENV\n"
+        );
+    });
+}
+
+#[test]
+fn the_runner_environment_and_state_are_out_of_reach() {
+    each(|t| {
+        let s = t.state.display();
+        // one task first, so the audit log exists
+        t.sh("explore", "true").code(0);
+        let r = t.sh("explore", &format!("env; cat /proc/*/environ; cat /proc/1/environ; cat {s}/audit.log; echo tamper >> {s}/audit.log; echo end"));
+        assert!(r.stdout.contains("end"), "{r:?}");
+        assert!(
+            !r.stdout.contains("RUNNER-ENV-SECRET"),
+            "runner env leaked: {}",
+            r.stdout
+        );
+        assert!(
+            !r.stdout.contains("task-start"),
+            "audit log readable: {}",
+            r.stdout
+        );
+        t.taskbox(&["audit", "verify"]).code(0);
+    });
+}
+
+#[test]
+fn tcp_to_a_host_listener_is_refused_and_never_arrives() {
+    each(|t| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let py = format!(
+            "import socket\ntry:\n s=socket.create_connection(('127.0.0.1',{port}),timeout=2); s.send(b'x'); print('CONNECTED')\nexcept Exception as e: print('refused', e)\n\
+             try:\n b=socket.socket(); b.bind(('127.0.0.1',0)); b.listen(); print('BOUND')\nexcept Exception as e: print('nobind', e)\n\
+             try:\n u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'x',('127.0.0.1',{port})); print('UDP')\nexcept Exception as e: print('noudp', e)\n"
+        );
+        let r = t.taskbox(&["run", "--json", "--", "/usr/bin/python3", "-c", &py]);
+        assert!(
+            !r.stdout.contains("CONNECTED")
+                && !r.stdout.contains("BOUND")
+                && !r.stdout.contains("UDP"),
+            "{r:?}"
+        );
+        assert!(r.stdout.contains("refused"), "{r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(l.accept().is_err(), "the listener saw a connection");
+    });
+}
+
+#[test]
+fn abstract_unix_socket_outside_is_unreachable() {
+    use std::os::linux::net::SocketAddrExt as _;
+    each(|t| {
+        let name = format!("taskbox-it-{}-{:?}", std::process::id(), t.mode);
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let l = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let py = format!(
+            "import socket\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect('\\0{name}'); print('CONNECTED')\nexcept Exception as e: print('refused', e)\n"
+        );
+        let r = t.taskbox(&["run", "--json", "--", "/usr/bin/python3", "-c", &py]);
+        assert!(r.stdout.contains("refused"), "{r:?}");
+        assert!(l.accept().is_err(), "abstract socket reached");
+    });
+}
+
+#[test]
+fn processes_outside_cannot_be_signalled_or_traced() {
+    each(|t| {
+        let mut victim = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = victim.id();
+        let r = t.sh(
+            "explore",
+            &format!(
+                "kill -9 {pid}; strace -p {pid} -e trace=none 2>&1 | head -1 & sleep 0.3; echo end"
+            ),
+        );
+        assert!(r.stdout.contains("end"), "{r:?}");
+        assert!(
+            victim.try_wait().unwrap().is_none(),
+            "victim was killed from inside"
+        );
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+    });
+}
+
+#[test]
+fn dangerous_syscalls_are_refused() {
+    each(|t| {
+        let py = r#"
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(name, nr, *args):
+    r = libc.syscall(nr, *args)
+    print(name, 'ALLOWED' if r >= 0 else errno.errorcode[ctypes.get_errno()])
+sc('io_uring_setup', 425, 8, ctypes.create_string_buffer(120))
+sc('ptrace', 101, 0, 0, 0, 0)
+sc('unshare_user', 272, 0x10000000)
+sc('bpf', 321, 0, 0, 0)
+sc('userfaultfd', 323, 0)
+sc('perf_event_open', 298, 0, 0, -1, -1, 0)
+sc('keyctl', 250, 0, 0, 0)
+sc('mount', 165, b'none', b'/tmp', b'tmpfs', 0, 0)
+sc('personality', 135, 0x0040000)
+sc('x32_getpid', 0x40000000 + 39)
+print('end')
+"#;
+        let r = t.taskbox(&["run", "--json", "--", "/usr/bin/python3", "-u", "-c", py]);
+        // the x32 syscall kills the process outright; everything before it is refused with EPERM
+        for name in [
+            "io_uring_setup",
+            "ptrace",
+            "unshare_user",
+            "bpf",
+            "userfaultfd",
+            "perf_event_open",
+            "keyctl",
+            "mount",
+            "personality",
+        ] {
+            assert!(
+                r.stdout.contains(&format!("{name} EPERM")),
+                "{name} not refused: {r:?}"
+            );
+        }
+        assert!(!r.stdout.contains("ALLOWED"), "{r:?}");
+        assert!(
+            !r.stdout.contains("end"),
+            "x32 syscall did not kill the process: {r:?}"
+        );
+        assert_eq!(r.json()["outcome"]["exit"]["type"], "signal", "{r:?}");
+    });
+}
+
+#[test]
+fn tiocsti_and_netlink_are_refused() {
+    each(|t| {
+        let py = r#"
+import errno, fcntl, termios, socket
+try:
+    fcntl.ioctl(0, termios.TIOCSTI, b'x'); print('TIOCSTI ALLOWED')
+except OSError as e: print('TIOCSTI', errno.errorcode[e.errno])
+try:
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); print('netlink ALLOWED')
+except OSError as e: print('netlink', errno.errorcode[e.errno])
+"#;
+        let r = t.taskbox(&["run", "--json", "--", "/usr/bin/python3", "-u", "-c", py]);
+        assert!(r.stdout.contains("TIOCSTI EPERM"), "{r:?}");
+        assert!(r.stdout.contains("netlink EPERM"), "{r:?}");
+    });
+}
+
+#[test]
+fn protected_paths_stay_read_only_in_explore() {
+    each(|t| {
+        std::fs::create_dir_all(t.ws.join(".git/hooks")).unwrap();
+        std::fs::write(t.ws.join(".git/config"), "[core]\n").unwrap();
+        std::fs::write(t.ws.join(".envrc"), "orig\n").unwrap();
+        std::fs::create_dir_all(t.ws.join("src")).unwrap();
+        t.own(&t.ws);
+        let r = t.sh(
+            "explore",
+            "echo evil > .git/hooks/pre-commit; echo '[core] hooksPath=/x' >> .git/config; echo evil >> .envrc; \
+             mv .git .git-old; echo ok > src/new.rs; echo end",
+        );
+        assert!(r.stdout.contains("end"), "{r:?}");
+        assert!(!t.ws.join(".git/hooks/pre-commit").exists(), "hook written");
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join(".git/config")).unwrap(),
+            "[core]\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join(".envrc")).unwrap(),
+            "orig\n"
+        );
+        assert!(
+            t.ws.join(".git").is_dir() && !t.ws.join(".git-old").exists(),
+            ".git renamed away"
+        );
+        assert!(
+            t.ws.join("src/new.rs").exists(),
+            "ordinary writes must still work: {r:?}"
+        );
+    });
+}
+
+#[test]
+fn namespaces_hide_host_processes_tmp_and_sockets() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let marker = format!("taskbox-host-tmp-{}", std::process::id());
+        let sock_dir = t.root.join("run");
+        std::fs::create_dir_all(&sock_dir).unwrap();
+        let r = t.sh(
+            "explore",
+            &format!(
+                "ls /proc | grep -c '^[0-9]'; echo x > /tmp/{marker}; ls /run | wc -l; hostname"
+            ),
+        );
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        let pids: u32 = lines[0].trim().parse().unwrap();
+        assert!(pids <= 6, "host processes visible ({pids} pids): {r:?}");
+        assert!(
+            !std::path::Path::new(&format!("/tmp/{marker}")).exists(),
+            "/tmp is shared with the host"
+        );
+        assert_eq!(lines[1].trim(), "0", "host /run visible: {r:?}");
+        assert_eq!(lines[2].trim(), "taskbox");
+    }
+}
+
+#[test]
+fn host_unix_socket_under_run_is_unreachable() {
+    // A pathname socket in a directory the profile masks (XDG_RUNTIME_DIR).
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let rt = t.root.join("xdg-runtime");
+        std::fs::create_dir_all(&rt).unwrap();
+        let path = rt.join("agent.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        t.own(&rt);
+        let py = format!(
+            "import socket\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect('{}'); print('CONNECTED')\nexcept Exception as e: print('refused', e)\n",
+            path.display()
+        );
+        let profile = t.profile("rt", &format!("extends = \"explore\"\n[filesystem]\nread = [\"{}\"]\n[env]\npass = [\"XDG_RUNTIME_DIR\"]\n", t.root.display()));
+        let mut c = t.cmd(&["run", "-p", &profile, "--", "/usr/bin/python3", "-c", &py]);
+        c.env("XDG_RUNTIME_DIR", &rt);
+        let r = crate::support::run(c);
+        assert!(r.stdout.contains("refused"), "{r:?}");
+        assert!(l.accept().is_err(), "host socket reached");
+    }
+}
+
+#[test]
+fn missing_command_is_127_and_audited() {
+    let t = TestBox::new(Mode::Root);
+    let r = t.taskbox(&["run", "--", "no-such-command-xyz"]);
+    r.code(127);
+    assert!(r.stderr.contains("command not found"), "{r:?}");
+    let mut log = String::new();
+    std::fs::File::open(t.state.join("audit.log"))
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("task-refused"), "{log}");
+}
