@@ -1,1 +1,164 @@
-fn main() {}
+//! Launch benchmark: `taskbox run -p explore -- /bin/true` against a bare
+//! spawn of `/bin/true` measured in the same run, as ratios and added
+//! milliseconds (median and p99), plus the runner's peak RSS.
+//!
+//! `cargo bench --bench launch` (release build). `TASKBOX_BENCH_N` sets the
+//! number of launches per case (default 300).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark driver")]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+    min: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p99: at(0.99),
+        min: v[0],
+    }
+}
+
+fn time(n: usize, mut f: impl FnMut()) -> Stats {
+    for _ in 0..n / 10 {
+        f(); // warm-up
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f();
+        v.push(t.elapsed());
+    }
+    stats(v)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn report(name: &str, s: &Stats, bare: &Stats) {
+    println!(
+        "{name:<34} median {:>7.3} ms  p99 {:>7.3} ms  min {:>7.3} ms  | x{:>5.2} bare, +{:>6.3} ms median, +{:>6.3} ms p99",
+        ms(s.median),
+        ms(s.p99),
+        ms(s.min),
+        s.median.as_secs_f64() / bare.median.as_secs_f64(),
+        ms(s.median) - ms(bare.median),
+        ms(s.p99) - ms(bare.p99),
+    );
+}
+
+fn run_ok(mut c: Command) {
+    let st = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "launch failed: {st}");
+}
+
+fn main() {
+    let n: usize = std::env::var("TASKBOX_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let bin = Path::new(env!("CARGO_BIN_EXE_taskbox"));
+    let dir = tempfile::Builder::new()
+        .prefix("taskbox-bench")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let ws = dir.path().join("ws");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&ws).unwrap();
+    let tb = |extra_env: &[(&str, &str)]| {
+        let mut c = Command::new(bin);
+        c.args(["run", "-p", "explore", "--", "/bin/true"])
+            .current_dir(&ws)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", dir.path())
+            .env("TASKBOX_STATE_DIR", &state);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c
+    };
+
+    println!("taskbox launch benchmark: {n} launches per case, same run");
+    let bare = time(n, || run_ok(Command::new("/bin/true")));
+    report("bare spawn /bin/true", &bare, &bare);
+    let full = time(n, || run_ok(tb(&[])));
+    report("taskbox run -p explore (ns+ll+sc)", &full, &bare);
+    let ll = time(n, || run_ok(tb(&[("TASKBOX_NO_USERNS", "1")])));
+    report("taskbox run, Landlock+seccomp only", &ll, &bare);
+    let stage = time(n, || {
+        // The stage binary alone: exec of taskbox that exits at once (clap
+        // parse error path); the floor of re-executing the runner binary.
+        let _ = Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status();
+    });
+    report("taskbox --version (exec floor)", &stage, &bare);
+    if Path::new("/usr/bin/bwrap").exists() {
+        let bw = time(n, || {
+            run_ok({
+                let mut c = Command::new("/usr/bin/bwrap");
+                c.args([
+                    "--unshare-all",
+                    "--die-with-parent",
+                    "--ro-bind",
+                    "/usr",
+                    "/usr",
+                    "--symlink",
+                    "usr/bin",
+                    "/bin",
+                ])
+                .args([
+                    "--symlink",
+                    "usr/lib",
+                    "/lib",
+                    "--symlink",
+                    "usr/lib64",
+                    "/lib64",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                ])
+                .args(["--tmpfs", "/tmp", "--bind"])
+                .arg(&ws)
+                .arg(&ws)
+                .args(["--", "/bin/true"]);
+                c
+            })
+        });
+        report("bwrap --unshare-all (comparable)", &bw, &bare);
+    } else {
+        println!("bwrap: not installed, comparison skipped");
+    }
+
+    // The runner's own peak RSS during a run, as it reports it.
+    let mut c = Command::new(bin);
+    c.args(["run", "--json", "--", "/bin/true"])
+        .current_dir(&ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .env("TASKBOX_STATE_DIR", &state);
+    let out = c.output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(line.lines().last().unwrap_or("{}")).unwrap_or_default();
+    println!(
+        "runner peak RSS during a run: {} KiB",
+        v["runner_peak_rss_kib"]
+    );
+}

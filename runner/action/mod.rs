@@ -109,6 +109,13 @@ pub struct RunReport {
     pub outcome: Option<Outcome>,
     /// Why it did not run, when it did not.
     pub refused: Option<String>,
+    /// The runner's own peak resident set, KiB.
+    pub runner_peak_rss_kib: u64,
+}
+
+fn peak_rss_kib() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map_or(0, |u| u64::try_from(u.max_rss()).unwrap_or(0))
 }
 
 /// Runs one task end to end. Failures before the command starts are audited
@@ -158,6 +165,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             status: code,
             outcome: None,
             refused: Some(reason),
+            runner_peak_rss_kib: peak_rss_kib(),
         })
     };
     if let Err(e) = supported(&prof, &argv) {
@@ -247,6 +255,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 status,
                 outcome: Some(outcome),
                 refused: None,
+                runner_peak_rss_kib: peak_rss_kib(),
             })
         }
         Err(Launch::Refused(e)) => refuse(e.exit_code(), e.to_string()),
