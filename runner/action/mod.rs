@@ -111,6 +111,8 @@ pub struct RunReport {
     pub refused: Option<String>,
     /// The runner's own peak resident set, KiB.
     pub runner_peak_rss_kib: u64,
+    /// Microseconds the runner spent before spawning the stage (profile, plan).
+    pub prepare_us: u64,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -138,6 +140,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         stdout,
         stderr,
     } = req;
+    let begun = std::time::Instant::now();
+    let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());
     let task = TaskId::new();
     let workspace = std::fs::canonicalize(&workspace).map_err(|source| ActionError::Workspace {
@@ -166,6 +170,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             outcome: None,
             refused: Some(reason),
             runner_peak_rss_kib: peak_rss_kib(),
+            prepare_us: prepare_us(),
         })
     };
     if let Err(e) = supported(&prof, &argv) {
@@ -211,6 +216,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         Ok(p) => p,
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };
+    let prepared = prepare_us();
     if let Err(e) = make_private_dir(&host_tmp) {
         return refuse(
             EXIT_TASKBOX,
@@ -256,6 +262,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 outcome: Some(outcome),
                 refused: None,
                 runner_peak_rss_kib: peak_rss_kib(),
+                prepare_us: prepared,
             })
         }
         Err(Launch::Refused(e)) => refuse(e.exit_code(), e.to_string()),

@@ -90,6 +90,20 @@ impl Exit {
     }
 }
 
+/// Where a launch spent its time, in microseconds: the runner's view (from
+/// just before the stage is spawned) and the stage's own phases (from its start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// The stage was spawned and sent its plan.
+    pub spawned_us: u64,
+    /// The sandbox was in force and the command being exec'd.
+    pub started_us: u64,
+    /// The stage (and so every process of the task) had exited.
+    pub exited_us: u64,
+    /// The stage's phases: plan, namespaces, view, prepared, forked, limits, landlock, seccomp.
+    pub stage: Vec<(String, u64)>,
+}
+
 /// The result of running a command in a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -103,4 +117,6 @@ pub struct Outcome {
     pub duration_ms: u64,
     /// Resource usage.
     pub usage: Usage,
+    /// Where the launch spent its time.
+    pub timings: Timings,
 }

@@ -15,7 +15,11 @@ use std::time::Instant;
 use super::NativeError;
 use super::plan::NativePlan;
 use super::stage::StageMsg;
-use crate::sandbox::{Enforcement, Exit, LimitHit, Outcome, Usage};
+use crate::sandbox::{Enforcement, Exit, LimitHit, Outcome, Timings, Usage};
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
 
 /// Serializes the window in which the stage's socket end is inheritable, so a
 /// concurrent spawn elsewhere in the runner never inherits it.
@@ -34,6 +38,7 @@ pub struct Running {
     started_at: Instant,
     cgroup: Option<PathBuf>,
     enforcement: Option<Enforcement>,
+    timings: Timings,
 }
 
 /// Starts the stage and sends it the plan.
@@ -83,6 +88,7 @@ pub fn launch(
         started_at,
         cgroup: None,
         enforcement: None,
+        timings: Timings::default(),
     };
     if let Some(max) = plan.spec.limits.processes
         && nix::unistd::getuid().is_root()
@@ -141,6 +147,7 @@ pub fn launch(
         }
     });
     running.msgs = rx;
+    running.timings.spawned_us = micros(started_at);
     Ok(running)
 }
 
@@ -229,7 +236,12 @@ impl Running {
     /// The stage's own report of why it refused or failed.
     pub fn started(&mut self) -> Result<Enforcement, NativeError> {
         match self.msgs.recv() {
-            Ok(StageMsg::Started { enforcement }) => {
+            Ok(StageMsg::Started {
+                enforcement,
+                phases,
+            }) => {
+                self.timings.started_us = micros(self.started_at);
+                self.timings.stage = phases;
                 self.enforcement = Some(enforcement.clone());
                 Ok(enforcement)
             }
@@ -287,6 +299,7 @@ impl Running {
             None => self.started()?,
         };
         let (status, usage) = self.finish_wait()?;
+        self.timings.exited_us = micros(self.started_at);
         let duration_ms = u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut exit = None;
         let mut limit = None;
@@ -326,6 +339,7 @@ impl Running {
                 max_rss_kib: usage.ru_maxrss as u64,
                 output_bytes: self.output.load(Ordering::Relaxed),
             },
+            timings: std::mem::take(&mut self.timings),
         })
     }
 

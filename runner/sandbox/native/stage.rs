@@ -34,6 +34,8 @@ pub enum StageMsg {
     Started {
         /// What was applied.
         enforcement: Enforcement,
+        /// Microseconds since the stage started, at the end of each setup phase.
+        phases: Vec<(String, u64)>,
     },
     /// Setup failed; nothing ran. `code` is 125 (taskbox) or 126 (policy) or 127 (not found).
     Failed {
@@ -49,6 +51,17 @@ pub enum StageMsg {
         /// Which limit stopped it.
         limit: Option<LimitHit>,
     },
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+static PHASES: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records the end of a setup phase (single-threaded: fork copies the list).
+fn mark(phase: &str) {
+    let us = START.get_or_init(Instant::now).elapsed().as_micros();
+    if let Ok(mut p) = PHASES.lock() {
+        p.push((phase.to_owned(), u64::try_from(us).unwrap_or(u64::MAX)));
+    }
 }
 
 /// Signals the supervisor handles itself (blocked, read with sigtimedwait).
@@ -133,8 +146,10 @@ fn read_plan(chan: &mut Channel) -> Result<NativePlan, NativeError> {
 }
 
 fn run(chan: &mut Channel) -> StageResult<i32> {
+    START.get_or_init(Instant::now);
     die_with_parent();
     let plan = setup(read_plan(chan))?;
+    mark("plan");
     if nix::unistd::getppid().as_raw() != plan.runner_pid {
         return Err((
             125,
@@ -191,6 +206,7 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
             Isolation::LandlockOnly
         }
     };
+    mark("namespaces");
     if isolation == Isolation::LandlockOnly {
         notes.push(
             "without a mount namespace, chmod/chown/utimes on files the caller owns outside the writable trees are not refused (Landlock does not cover them)"
@@ -405,12 +421,14 @@ fn init(
             notes.push("protected paths are carved out with Landlock: new files cannot be created directly in their parent directories".into());
         }
     }
+    mark("view");
     let rules = ll::carve(&roots, &holes);
     if isolation == Isolation::LandlockOnly && rules.iter().any(|(_, g)| *g == Grant::List) {
         notes.push("without a mount namespace, entry names (never contents) inside a denied directory whose parent is granted can be listed".into());
     }
     let inet = spec.net.mode != NetMode::None;
     let filters = setup(seccomp::build(inet))?;
+    mark("prepared");
     let (exe, argv, envp) = exec_args(plan, &tmp).map_err(|e| (e.exit_code(), e))?;
 
     // SAFETY: single-threaded; the child only makes syscalls, then execs or exits.
@@ -607,11 +625,14 @@ fn command(
             source,
         }),
     )?;
+    mark("forked");
     setup(rlimit::apply(&spec.limits))?;
     setup(rlimit::drop_capabilities())?;
     setup(rlimit::no_new_privs())?;
     let inet = spec.net.mode != NetMode::None;
+    mark("limits");
     let report = setup(ll::apply(rules, inet))?;
+    mark("landlock");
     if report.abi < spec.require.landlock_abi {
         return Err((
             126,
@@ -646,7 +667,12 @@ fn command(
         processes,
         notes,
     };
-    chan.send(&StageMsg::Started { enforcement });
+    mark("seccomp");
+    let phases = PHASES.lock().map(|p| p.clone()).unwrap_or_default();
+    chan.send(&StageMsg::Started {
+        enforcement,
+        phases,
+    });
     let e = nix::unistd::execve(exe, argv, envp).err();
     let err = e.map_or_else(
         || std::io::Error::other("exec returned"),
