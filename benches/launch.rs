@@ -55,6 +55,15 @@ fn report(name: &str, s: &Stats, bare: &Stats) {
     );
 }
 
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 fn run_ok(mut c: Command) {
     let st = c
         .stdout(Stdio::null())
@@ -98,6 +107,26 @@ fn main() {
     report("taskbox run -p explore (ns+ll+sc)", &full, &bare);
     let ll = time(n, || run_ok(tb(&[("TASKBOX_NO_USERNS", "1")])));
     report("taskbox run, Landlock+seccomp only", &ll, &bare);
+    if nix_is_root() {
+        // Most users are not root: the same launch as uid 65534 (no pids
+        // cgroup: RLIMIT_NPROC applies to non-root users).
+        let ustate = dir.path().join("state-65534");
+        for p in [dir.path().to_path_buf(), ws.clone(), ustate.clone()] {
+            std::fs::create_dir_all(&p).unwrap();
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        }
+        let user = |extra: &[(&str, &str)]| {
+            let mut c = tb(extra);
+            c.env("TASKBOX_STATE_DIR", &ustate);
+            std::os::unix::process::CommandExt::uid(&mut c, 65534);
+            std::os::unix::process::CommandExt::gid(&mut c, 65534);
+            c
+        };
+        let u = time(n, || run_ok(user(&[])));
+        report("  same, as uid 65534", &u, &bare);
+        let u = time(n, || run_ok(user(&[("TASKBOX_NO_USERNS", "1")])));
+        report("  Landlock+seccomp only, uid 65534", &u, &bare);
+    }
     let stage = time(n, || {
         // The stage binary alone: exec of taskbox that exits at once (clap
         // parse error path); the floor of re-executing the runner binary.

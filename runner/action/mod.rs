@@ -217,15 +217,6 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };
     let prepared = prepare_us();
-    if let Err(e) = make_private_dir(&host_tmp) {
-        return refuse(
-            EXIT_TASKBOX,
-            format!(
-                "cannot create the task's private tmp {}: {e}",
-                host_tmp.display()
-            ),
-        );
-    }
     let result = launch_and_wait(
         plan,
         &stage_exe,
@@ -312,14 +303,6 @@ fn launch_and_wait(
         return Err(Launch::Audit(e));
     }
     running.wait().map_err(Launch::Refused)
-}
-
-fn make_private_dir(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
 }
 
 /// Refuses what this build cannot enforce, before anything runs.

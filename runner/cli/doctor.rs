@@ -34,6 +34,19 @@ fn probe() -> Probe {
     }
 }
 
+/// Whether a cgroup v1 task move pays a full RCU grace period (no cgroup2
+/// mount has `favordynmods`, which switches the kernel's threadgroup lock).
+fn slow_cgroup_moves() -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let v1_pids = mounts
+        .lines()
+        .any(|l| l.contains(" cgroup ") && l.contains("pids"));
+    let dynmods = mounts
+        .lines()
+        .any(|l| l.contains(" cgroup2 ") && l.contains("favordynmods"));
+    v1_pids && !dynmods
+}
+
 impl DoctorArgs {
     /// Prints the report.
     pub fn execute(self) -> anyhow::Result<i32> {
@@ -92,6 +105,12 @@ impl DoctorArgs {
                 "no"
             }
         );
+        if p.root && slow_cgroup_moves() {
+            println!(
+                "hint: moving a task into its pids cgroup costs 5-15 ms here (cgroup v1, no favordynmods); \
+                 `mount -o remount,favordynmods /sys/fs/cgroup/unified` (the cgroup2 mount) makes it ~0.1 ms"
+            );
+        }
         for (n, v) in runnable {
             println!("profile {n:<16} {v}");
         }

@@ -387,7 +387,20 @@ fn init(
     // protected holes) carved out.
     let tmp = match isolation {
         Isolation::Namespaces => PathBuf::from("/tmp"),
-        Isolation::LandlockOnly => plan.host_tmp.clone(),
+        Isolation::LandlockOnly => {
+            use std::os::unix::fs::DirBuilderExt as _;
+            setup(
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&plan.host_tmp)
+                    .map_err(|source| NativeError::Setup {
+                        what: format!("create private tmp {}", plan.host_tmp.display()),
+                        source,
+                    }),
+            )?;
+            plan.host_tmp.clone()
+        }
     };
     // Without a mount namespace, `{tmp}` (resolved as /tmp) is the task's own
     // directory on the host, never the shared /tmp.
