@@ -11,5 +11,6 @@ pub mod error;
 pub mod profile;
 pub mod sandbox;
 pub mod task;
+pub mod workspace;
 
 pub use error::Error;

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, Sink as AuditSink};
-use crate::profile::{Backend, Catalog, NetMode, PathVars, Profile, ProfileError};
+use crate::profile::{Backend, Catalog, NetMode, PathVars, Profile, ProfileError, WorkspaceMode};
 use crate::sandbox::native::{self, NativeError, PlanInputs, Sink};
 use crate::sandbox::{Enforcement, LimitHit, Outcome};
-use crate::task::{StateDir, TaskId};
+use crate::task::{Lifecycle, StateDir, TaskError, TaskId, TaskRecord};
+use crate::workspace::{self, Changeset, WorkspaceError};
 
 /// Exit code when taskbox itself failed.
 pub const EXIT_TASKBOX: i32 = 125;
@@ -42,9 +43,15 @@ pub enum ActionError {
         /// What is missing.
         what: String,
     },
+    /// The task store failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// Reading the changeset failed.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
     /// The workspace does not exist.
     #[error("workspace {path} is not a directory")]
-    Workspace {
+    NoWorkspace {
         /// The path.
         path: PathBuf,
         /// Why.
@@ -59,9 +66,11 @@ impl ActionError {
         match self {
             ActionError::Native(e) => e.exit_code(),
             ActionError::Unsupported { .. } => EXIT_POLICY,
-            ActionError::Profile(_) | ActionError::Audit(_) | ActionError::Workspace { .. } => {
-                EXIT_TASKBOX
-            }
+            ActionError::Profile(_)
+            | ActionError::Audit(_)
+            | ActionError::NoWorkspace { .. }
+            | ActionError::Task(_)
+            | ActionError::Workspace(_) => EXIT_TASKBOX,
         }
     }
 }
@@ -113,7 +122,12 @@ pub struct RunReport {
     pub runner_peak_rss_kib: u64,
     /// Microseconds the runner spent before spawning the stage (profile, plan).
     pub prepare_us: u64,
+    /// What an overlay task changed (kept apart until promoted or discarded).
+    pub changeset: Option<Changeset>,
 }
+
+/// Paths listed in a changeset audit record; the counts are always complete.
+const MAX_AUDITED_PATHS: usize = 200;
 
 fn peak_rss_kib() -> u64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
@@ -144,12 +158,13 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());
     let task = TaskId::new();
-    let workspace = std::fs::canonicalize(&workspace).map_err(|source| ActionError::Workspace {
-        path: workspace.clone(),
-        source,
-    })?;
+    let workspace =
+        std::fs::canonicalize(&workspace).map_err(|source| ActionError::NoWorkspace {
+            path: workspace.clone(),
+            source,
+        })?;
     if !workspace.is_dir() {
-        return Err(ActionError::Workspace {
+        return Err(ActionError::NoWorkspace {
             path: workspace,
             source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
         });
@@ -171,6 +186,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             refused: Some(reason),
             runner_peak_rss_kib: peak_rss_kib(),
             prepare_us: prepare_us(),
+            changeset: None,
         })
     };
     if let Err(e) = supported(&prof, &argv) {
@@ -211,11 +227,33 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         gid: nix::unistd::getgid().as_raw(),
         runner_pid: std::process::id() as i32,
         force_no_userns,
+        overlay: None,
     };
-    let plan = match native::plan(&spec, inputs) {
+    let mut plan = match native::plan(&spec, inputs) {
         Ok(p) => p,
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };
+    let overlay = prof.workspace == WorkspaceMode::Overlay;
+    let dir = state.create_task(&task, overlay)?;
+    if overlay {
+        plan.overlay = Some(native::OverlayDirs {
+            upper: dir.upper(),
+            work: dir.work(),
+        });
+    }
+    let mut record = TaskRecord {
+        id: task.clone(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        agent: agent.clone(),
+        on_behalf_of: on_behalf_of.clone(),
+        profile: prof.name.clone(),
+        profile_digest: prof.digest.clone(),
+        argv: argv.clone(),
+        workspace: workspace.clone(),
+        overlay,
+        lifecycle: Lifecycle::Running,
+    };
+    state.save(&record)?;
     let prepared = prepare_us();
     let result = launch_and_wait(
         plan,
@@ -237,6 +275,29 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 Some(LimitHit::Wall) => EXIT_TIMEOUT,
                 Some(LimitHit::Output) | None => outcome.exit.status(),
             };
+            record.lifecycle = Lifecycle::Ran { status };
+            state.save(&record)?;
+            let changes = if overlay {
+                let cs = workspace::changeset(&dir.upper(), &workspace)?;
+                let (added, modified, deleted, renamed, mode_changed) = cs.counts();
+                audit.append(AuditEvent::Changeset {
+                    task: task.to_string(),
+                    added,
+                    modified,
+                    deleted,
+                    renamed,
+                    mode_changed,
+                    paths: cs
+                        .changes
+                        .iter()
+                        .take(MAX_AUDITED_PATHS)
+                        .map(|c| workspace::display_path(&c.path))
+                        .collect(),
+                })?;
+                Some(cs)
+            } else {
+                None
+            };
             audit.append(AuditEvent::TaskEnd {
                 task: task.to_string(),
                 status,
@@ -254,9 +315,17 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 refused: None,
                 runner_peak_rss_kib: peak_rss_kib(),
                 prepare_us: prepared,
+                changeset: changes,
             })
         }
-        Err(Launch::Refused(e)) => refuse(e.exit_code(), e.to_string()),
+        Err(Launch::Refused(e)) => {
+            record.lifecycle = Lifecycle::Refused {
+                code: e.exit_code(),
+            };
+            state.save(&record)?;
+            state.drop_changes(&task)?;
+            refuse(e.exit_code(), e.to_string())
+        }
         Err(Launch::Audit(e)) => Err(ActionError::Audit(e)),
     }
 }

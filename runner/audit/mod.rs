@@ -64,6 +64,33 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// What an overlay task changed.
+    Changeset {
+        /// Task id.
+        task: String,
+        /// New entries.
+        added: usize,
+        /// Changed entries.
+        modified: usize,
+        /// Removed entries.
+        deleted: usize,
+        /// Moved entries.
+        renamed: usize,
+        /// Permission changes.
+        mode_changed: usize,
+        /// The changed paths (the first 200).
+        paths: Vec<String>,
+    },
+    /// An overlay task's changes were thrown away.
+    Discarded {
+        /// Task id.
+        task: String,
+    },
+    /// Old tasks were removed from the store.
+    Pruned {
+        /// How many.
+        tasks: usize,
+    },
     /// A partial record left by a crash was cut off before this append.
     LogRepaired {
         /// Bytes removed from the end of the log.
@@ -77,8 +104,10 @@ impl AuditEvent {
         match self {
             AuditEvent::TaskStart { task, .. }
             | AuditEvent::TaskEnd { task, .. }
-            | AuditEvent::TaskRefused { task, .. } => Some(task),
-            AuditEvent::LogRepaired { .. } => None,
+            | AuditEvent::TaskRefused { task, .. }
+            | AuditEvent::Changeset { task, .. }
+            | AuditEvent::Discarded { task } => Some(task),
+            AuditEvent::LogRepaired { .. } | AuditEvent::Pruned { .. } => None,
         }
     }
 }

@@ -6,6 +6,7 @@ mod doctor;
 mod exec;
 mod profile;
 mod run;
+mod task;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,9 @@ enum Command {
     /// Verify and read the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// List, show, diff, discard and prune tasks.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
     /// Show what this kernel can enforce, and which profiles can run here.
     Doctor(doctor::DoctorArgs),
     /// The launch stage (internal).
@@ -58,6 +62,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Profile(a) => a.execute(),
         Command::Audit(a) => a.execute(),
         Command::Doctor(a) => a.execute(),
+        Command::Task(a) => a.execute(),
         Command::Exec(a) => a.execute(),
     }
 }

@@ -3,14 +3,46 @@
 //! Owns the state directory layout. Refuses to place state anywhere a sandbox
 //! can reach (the native backend hides the state directory from every task).
 
+mod store;
+
 use std::path::{Path, PathBuf};
+
+pub use store::{Lifecycle, TaskDir, TaskRecord};
+
+/// Why the task store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// No task by that id.
+    #[error("no task `{id}`. Hint: `taskbox task list`")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// File I/O in the store.
+    #[error("task store: cannot access {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record could not be parsed.
+    #[error("task store: {path} is corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+}
 
 /// A task id: a ULID, sortable by creation time.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct TaskId(String);
+pub struct TaskId(pub(crate) String);
 
 impl TaskId {
     /// A fresh id.

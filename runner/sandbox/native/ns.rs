@@ -68,6 +68,8 @@ pub struct MountPlan<'a> {
     pub keep: &'a [PathBuf],
     /// Writable trees: everything else is mounted read-only.
     pub write: &'a [PathBuf],
+    /// Overlay mode: (upper, work) directories; the workspace becomes the lower layer.
+    pub overlay: Option<(&'a Path, &'a Path)>,
 }
 
 /// Mounts a fresh tmpfs on `target`, carrying over the granted trees beneath it
@@ -144,6 +146,24 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
+    // The overlay goes first: its upper directory (in the task store) is
+    // about to become read-only like everything else outside the writable trees.
+    if let Some((upper, work)) = p.overlay {
+        // userxattr: overlayfs in a user namespace keeps its metadata in user.* xattrs.
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            p.workspace.display(),
+            upper.display(),
+            work.display()
+        );
+        mnt(
+            Some("overlay"),
+            p.workspace,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&opts),
+        )?;
+    }
     read_only_root(p.write)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mnt(

@@ -46,6 +46,17 @@ pub struct NativePlan {
     pub runner_pid: i32,
     /// How the runner enforces the process limit: `rlimit`, `cgroup` or `none`.
     pub processes: String,
+    /// Overlay mode: where the task's writes go (upper) and overlayfs's work dir.
+    pub overlay: Option<OverlayDirs>,
+}
+
+/// The host directories behind an overlay workspace, both in the task store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayDirs {
+    /// Receives every write of the task: the changeset.
+    pub upper: PathBuf,
+    /// overlayfs's scratch directory, on the same filesystem as `upper`.
+    pub work: PathBuf,
 }
 
 /// Inputs to [`plan`] that come from the runner's process, passed in so the
@@ -70,6 +81,8 @@ pub struct PlanInputs {
     pub runner_pid: i32,
     /// Tests and `doctor`: skip namespaces as if user namespaces were unavailable.
     pub force_no_userns: bool,
+    /// Overlay mode: the task's upper and work directories.
+    pub overlay: Option<OverlayDirs>,
 }
 
 /// Decides the plan for one task. Pure: no syscalls.
@@ -87,7 +100,20 @@ pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, Native
         gid,
         runner_pid,
         force_no_userns,
+        overlay,
     } = inputs;
+    if let Some(o) = &overlay {
+        for p in [&spec.workspace, &o.upper, &o.work] {
+            let s = p.to_string_lossy();
+            if s.contains([',', ':', '\\']) {
+                return Err(NativeError::Plan {
+                    message: format!(
+                        "{s}: overlay paths cannot contain `,`, `:` or `\\`. Hint: move the workspace or TASKBOX_STATE_DIR"
+                    ),
+                });
+            }
+        }
+    }
     if argv.is_empty() || argv[0].is_empty() {
         return Err(NativeError::EmptyCommand);
     }
@@ -128,6 +154,7 @@ pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, Native
         } else {
             "rlimit".into()
         },
+        overlay,
     })
 }
 
@@ -163,6 +190,7 @@ mod tests {
             gid: 1000,
             runner_pid: 1,
             force_no_userns: false,
+            overlay: None,
         }
     }
 

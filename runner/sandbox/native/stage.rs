@@ -64,6 +64,18 @@ fn mark(phase: &str) {
     }
 }
 
+/// An error with its causes, for the runner to print.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Signals the supervisor handles itself (blocked, read with sigtimedwait).
 fn handled() -> SigSet {
     let mut s = SigSet::empty();
@@ -111,7 +123,7 @@ pub fn main(fd: RawFd) -> ! {
         Err((code, e)) => {
             chan.send(&StageMsg::Failed {
                 code,
-                message: format!("{e}"),
+                message: chain(&e),
             });
             code
         }
@@ -207,6 +219,14 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
         }
     };
     mark("namespaces");
+    if isolation == Isolation::LandlockOnly && plan.overlay.is_some() {
+        return Err((
+            126,
+            NativeError::Requirement {
+                missing: "the overlay workspace needs a mount namespace, and namespaces are unavailable here: an explore task would write the real workspace. Hint: enable unprivileged user namespaces, or use `-p readonly`".into(),
+            },
+        ));
+    }
     if isolation == Isolation::LandlockOnly {
         notes.push(
             "without a mount namespace, chmod/chown/utimes on files the caller owns outside the writable trees are not refused (Landlock does not cover them)"
@@ -225,7 +245,7 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
                         Err((c, e)) => {
                             chan.send(&StageMsg::Failed {
                                 code: c,
-                                message: format!("{e}"),
+                                message: chain(&e),
                             });
                             c
                         }
@@ -373,6 +393,10 @@ fn init(
             workspace: &spec.workspace,
             keep: &keep,
             write: &spec.fs.write,
+            overlay: plan
+                .overlay
+                .as_ref()
+                .map(|o| (o.upper.as_path(), o.work.as_path())),
         }))?;
         if spec.net.mode != NetMode::Host {
             setup(ns::loopback_up())?;
@@ -415,9 +439,6 @@ fn init(
         .map(|p| (retmp(p), Grant::Read))
         .collect();
     roots.extend(spec.fs.write.iter().map(|p| (retmp(p), Grant::Write)));
-    if spec.workspace_mode == crate::profile::WorkspaceMode::Overlay {
-        notes.push("workspace mode overlay is not available in this build: writes land in the workspace in place".into());
-    }
     let mut holes: Vec<Hole> = hidden
         .iter()
         .map(|p| Hole {
@@ -454,7 +475,7 @@ fn init(
                 Err((c, e)) => {
                     chan.send(&StageMsg::Failed {
                         code: c,
-                        message: format!("{e}"),
+                        message: chain(&e),
                     });
                     c
                 }

@@ -1,0 +1,235 @@
+//! The task store: one directory per task under `<state>/tasks/`, holding its
+//! record (`task.json`) and, for overlay tasks, the overlay's upper and work
+//! directories (the upper directory *is* the changeset).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{StateDir, TaskError, TaskId};
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Lifecycle {
+    /// The command is running (or the runner died while it ran).
+    Running,
+    /// The command ended; its changes (if any) wait for promote or discard.
+    Ran {
+        /// Shell-style status.
+        status: i32,
+    },
+    /// Policy or setup refused it; nothing ran.
+    Refused {
+        /// Exit code given.
+        code: i32,
+    },
+    /// The changeset was applied to the workspace.
+    Promoted {
+        /// Commit id, in a git workspace.
+        commit: Option<String>,
+    },
+    /// The changeset was thrown away.
+    Discarded,
+    /// A promoted task was undone.
+    Reverted {
+        /// The revert commit, in a git workspace.
+        commit: Option<String>,
+    },
+}
+
+/// What the store keeps about a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Id.
+    pub id: TaskId,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// Acting agent.
+    pub agent: Option<String>,
+    /// Accountable human.
+    pub on_behalf_of: Option<String>,
+    /// Profile name.
+    pub profile: String,
+    /// Profile digest.
+    pub profile_digest: String,
+    /// Command.
+    pub argv: Vec<String>,
+    /// Workspace (host path).
+    pub workspace: PathBuf,
+    /// Whether writes went to an overlay (and so there is a changeset).
+    pub overlay: bool,
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+}
+
+/// Directory layout of one task.
+#[derive(Debug, Clone)]
+pub struct TaskDir {
+    root: PathBuf,
+}
+
+impl TaskDir {
+    /// The task's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The overlay's upper directory: the task's writes.
+    pub fn upper(&self) -> PathBuf {
+        self.root.join("upper")
+    }
+
+    /// The overlay's work directory.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    fn record(&self) -> PathBuf {
+        self.root.join("task.json")
+    }
+}
+
+impl StateDir {
+    /// Where a task's files live.
+    pub fn task_dir(&self, id: &TaskId) -> TaskDir {
+        TaskDir {
+            root: self.root().join("tasks").join(id.as_str()),
+        }
+    }
+
+    /// Creates a task's directory (and overlay directories when asked).
+    ///
+    /// # Errors
+    /// When the directories cannot be created.
+    pub fn create_task(&self, id: &TaskId, overlay: bool) -> Result<TaskDir, TaskError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = self.task_dir(id);
+        let mk = |p: &Path| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .map_err(|source| TaskError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })
+        };
+        mk(dir.root())?;
+        if overlay {
+            mk(&dir.upper())?;
+            mk(&dir.work())?;
+        }
+        Ok(dir)
+    }
+
+    /// Writes a task's record (atomically: temp file + rename).
+    ///
+    /// # Errors
+    /// When the record cannot be written.
+    pub fn save(&self, rec: &TaskRecord) -> Result<(), TaskError> {
+        let dir = self.task_dir(&rec.id);
+        let body = serde_json::to_vec_pretty(rec).map_err(|e| TaskError::Corrupt {
+            path: dir.record(),
+            message: e.to_string(),
+        })?;
+        let tmp = dir.root().join("task.json.tmp");
+        std::fs::write(&tmp, body).map_err(|source| TaskError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, dir.record()).map_err(|source| TaskError::Io {
+            path: dir.record(),
+            source,
+        })
+    }
+
+    /// Reads a task's record.
+    ///
+    /// # Errors
+    /// Unknown id, unreadable or corrupt record.
+    pub fn load(&self, id: &str) -> Result<TaskRecord, TaskError> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(TaskError::NotFound { id: id.to_owned() });
+        }
+        let path = self.task_dir(&TaskId(id.to_owned())).record();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TaskError::NotFound { id: id.to_owned() });
+            }
+            Err(source) => return Err(TaskError::Io { path, source }),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| TaskError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Every task's record, oldest first.
+    ///
+    /// # Errors
+    /// When the store cannot be listed.
+    pub fn list(&self) -> Result<Vec<TaskRecord>, TaskError> {
+        let dir = self.root().join("tasks");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(TaskError::Io { path: dir, source }),
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids.iter().filter_map(|id| self.load(id).ok()).collect())
+    }
+
+    /// Removes a task's overlay directories (its changeset), keeping its record.
+    ///
+    /// # Errors
+    /// When the directories cannot be removed.
+    pub fn drop_changes(&self, id: &TaskId) -> Result<(), TaskError> {
+        let dir = self.task_dir(id);
+        for p in [dir.upper(), dir.work()] {
+            make_removable(&p);
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(TaskError::Io { path: p, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateDir {
+    /// Removes a task entirely: record and changes.
+    ///
+    /// # Errors
+    /// When its directory cannot be removed.
+    pub fn remove(&self, id: &TaskId) -> Result<(), TaskError> {
+        let dir = self.task_dir(id);
+        make_removable(dir.root());
+        std::fs::remove_dir_all(dir.root()).map_err(|source| TaskError::Io {
+            path: dir.root().to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// overlayfs leaves its work directory mode 000; make directories traversable.
+fn make_removable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                make_removable(&e.path());
+            }
+        }
+    }
+}
