@@ -25,14 +25,15 @@ fn a_task_leaves_start_and_end_records_that_verify() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(recs.len(), 2, "{}", q.stdout);
+    assert_eq!(recs.len(), 3, "{}", q.stdout);
     assert_eq!(recs[0]["event"]["kind"], "task-start");
     assert_eq!(recs[0]["event"]["agent"], "claude");
     assert_eq!(recs[0]["event"]["on_behalf_of"], "alice@example.com");
     assert_eq!(recs[0]["event"]["profile"], "explore");
     assert_eq!(recs[0]["event"]["enforcement"]["landlock"], "full");
-    assert_eq!(recs[1]["event"]["kind"], "task-end");
-    assert_eq!(recs[1]["event"]["status"], 3);
+    assert_eq!(recs[1]["event"]["kind"], "changeset");
+    assert_eq!(recs[2]["event"]["kind"], "task-end");
+    assert_eq!(recs[2]["event"]["status"], 3);
     t.taskbox(&["audit", "verify"]).code(0);
     let tail = t.taskbox(&["audit", "tail", "-n", "1"]);
     assert!(tail.stdout.contains("task-end"), "{}", tail.stdout);

@@ -7,7 +7,7 @@ use crate::support::{Mode, TestBox, process_alive};
 fn tight(t: &TestBox) -> String {
     t.profile(
         "tight",
-        "extends = \"explore\"\n[limits]\nwall = \"4s\"\nprocesses = 64\nmemory = \"256MiB\"\noutput = \"1MiB\"\n",
+        &format!("extends = \"{}\"\n[limits]\nwall = \"4s\"\nprocesses = 64\nmemory = \"256MiB\"\noutput = \"1MiB\"\n", t.base()),
     )
 }
 
@@ -15,7 +15,10 @@ fn tight(t: &TestBox) -> String {
 fn wall_clock_overrun_exits_124_and_kills_the_tree() {
     for m in Mode::ALL {
         let t = TestBox::new(m);
-        let p = t.profile("wall", "extends = \"explore\"\n[limits]\nwall = \"1s\"\n");
+        let p = t.profile(
+            "wall",
+            &format!("extends = \"{}\"\n[limits]\nwall = \"1s\"\n", t.base()),
+        );
         let marker = format!("31{}{}", std::process::id(), m as u8);
         let start = Instant::now();
         let r = t.sh(&p, &format!("sleep {marker} & sleep 60"));
@@ -137,7 +140,15 @@ fn killing_the_runner_kills_the_task() {
         let t = TestBox::new(m);
         let marker = format!("33{}{}", std::process::id(), m as u8);
         let mut child = t
-            .cmd(&["run", "--", "/bin/sh", "-c", &format!("sleep {marker}")])
+            .cmd(&[
+                "run",
+                "-p",
+                &t.explore(),
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("sleep {marker}"),
+            ])
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(500));

@@ -5,6 +5,7 @@
 
 mod audit;
 mod limits;
+mod overlay;
 mod profiles;
 mod sandbox;
 mod support;

@@ -106,7 +106,7 @@ fn enforcement_floor_refuses_with_126() {
         let t = TestBox::new(m);
         let p = t.profile(
             "abi",
-            "extends = \"explore\"\n[require]\nlandlock_abi = 10\n",
+            &format!("extends = \"{}\"\n[require]\nlandlock_abi = 10\n", t.base()),
         );
         let r = t.taskbox(&["run", "-p", &p, "--", "/bin/true"]);
         r.code(126);

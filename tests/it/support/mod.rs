@@ -172,16 +172,62 @@ impl TestBox {
         c
     }
 
-    /// Runs `taskbox ARGS` and collects the result.
+    /// Runs `taskbox ARGS` and collects the result. Without namespaces the
+    /// overlay workspace is refused, so a `run` with no `-p` uses [`Self::explore`].
     pub fn taskbox(&self, args: &[&str]) -> Run {
-        run(self.cmd(args))
+        let explore = self.explore();
+        let mut v: Vec<&str> = args.to_vec();
+        if v.first() == Some(&"run") && !v.contains(&"-p") {
+            v.splice(1..1, ["-p", explore.as_str()]);
+        }
+        run(self.cmd(&v))
     }
 
-    /// `taskbox run -p PROFILE --json -- sh -c SCRIPT`.
+    /// The profile tests use for ordinary work: `explore` with namespaces; a
+    /// read-only-workspace child of `readonly` without them (the overlay needs
+    /// a mount namespace and is refused otherwise).
+    pub fn explore(&self) -> String {
+        if self.mode.no_ns() {
+            self.profile("fallback", "extends = \"readonly\"\n")
+        } else {
+            "explore".to_owned()
+        }
+    }
+
+    /// Whether this mode has namespaces (and so an overlay workspace).
+    pub fn has_ns(&self) -> bool {
+        !self.mode.no_ns()
+    }
+
+    /// The base profile for test profiles: `explore`, or `readonly` without namespaces.
+    pub fn base(&self) -> &'static str {
+        if self.mode.no_ns() {
+            "readonly"
+        } else {
+            "explore"
+        }
+    }
+
+    /// `taskbox run -p PROFILE --json -- sh -c SCRIPT` (`explore` means [`Self::explore`]).
     pub fn sh(&self, profile: &str, script: &str) -> Run {
-        self.taskbox(&[
-            "run", "-p", profile, "--json", "--", "/bin/sh", "-c", script,
-        ])
+        let p = if profile == "explore" {
+            self.explore()
+        } else {
+            profile.to_owned()
+        };
+        self.taskbox(&["run", "-p", &p, "--json", "--", "/bin/sh", "-c", script])
+    }
+
+    /// Paths in the `--json` summary's changeset.
+    pub fn changed(r: &Run) -> Vec<String> {
+        r.json()["changeset"]["changes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["path"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Writes a user profile and returns its path.

@@ -1,0 +1,162 @@
+//! Exploration never touches the real workspace: overlay, changeset, diff, discard.
+
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+
+use crate::support::{Mode, TestBox};
+
+/// Every file under `root` with its bytes and mode, for byte-for-byte comparison.
+fn snapshot(root: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions());
+            let name = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if m.is_dir() {
+                stack.push(p);
+                out.push((name, Vec::new(), mode));
+            } else if m.file_type().is_symlink() {
+                out.push((
+                    name,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                    mode,
+                ));
+            } else {
+                out.push((name, std::fs::read(&p).unwrap(), mode));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_explore_task_leaves_the_workspace_byte_for_byte_untouched() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        std::fs::create_dir_all(t.ws.join("sub")).unwrap();
+        std::fs::write(t.ws.join("sub/gone.txt"), "bye\n").unwrap();
+        std::fs::write(t.ws.join("keep.txt"), "same content\n").unwrap();
+        std::fs::write(t.ws.join("mode.sh"), "#!/bin/sh\n").unwrap();
+        t.own(&t.ws);
+        let before = snapshot(&t.ws);
+        let weird = "new\\nline \\377.txt";
+        let r = t.sh(
+            "explore",
+            &format!(
+                "echo more >> hello.txt; rm sub/gone.txt; mv keep.txt moved.txt; chmod 755 mode.sh; \
+                 echo s > 'with space.txt'; printf x > \"$(printf '{weird}')\"; ln -s hello.txt link; mkdir d; echo z > d/z"
+            ),
+        );
+        r.code(0);
+        assert_eq!(before, snapshot(&t.ws), "{m:?}: the real workspace changed");
+        let j = r.json();
+        let changes = j["changeset"]["changes"].as_array().unwrap();
+        let kind = |p: &str| {
+            changes
+                .iter()
+                .find(|c| c["path"] == p)
+                .map(|c| c["kind"]["type"].as_str().unwrap().to_owned())
+                .unwrap_or_else(|| panic!("{p} missing from {j}"))
+        };
+        assert_eq!(kind("hello.txt"), "modified");
+        assert_eq!(kind("sub/gone.txt"), "deleted");
+        assert_eq!(kind("moved.txt"), "renamed");
+        assert_eq!(kind("mode.sh"), "mode-changed");
+        assert_eq!(kind("with space.txt"), "added");
+        assert_eq!(kind("new\\nline \\xff.txt"), "added");
+        assert_eq!(kind("link"), "added");
+        assert_eq!(kind("d"), "added");
+        assert_eq!(kind("d/z"), "added");
+        assert_eq!(changes.len(), 9, "{j}");
+
+        let id = j["task"].as_str().unwrap().to_owned();
+        let d = t.taskbox(&["task", "diff", &id]);
+        d.code(0);
+        assert!(
+            d.stdout.contains("--- a/hello.txt\n+++ b/hello.txt") && d.stdout.contains("+more"),
+            "{}",
+            d.stdout
+        );
+        assert!(
+            d.stdout.contains("rename keep.txt -> moved.txt"),
+            "{}",
+            d.stdout
+        );
+        let st = t.taskbox(&["task", "diff", "--stat", &id]);
+        assert!(st.stdout.contains(" 9 changes"), "{}", st.stdout);
+        let audit = t.taskbox(&["audit", "query", "--task", &id]);
+        assert!(
+            audit.stdout.contains("\"kind\":\"changeset\"")
+                && audit.stdout.contains("\"deleted\":1"),
+            "{}",
+            audit.stdout
+        );
+
+        t.taskbox(&["task", "discard", &id]).code(0);
+        assert!(
+            t.taskbox(&["task", "diff", &id]).code != 0,
+            "diff after discard"
+        );
+        let list = t.taskbox(&["task", "list"]);
+        assert!(
+            list.stdout.contains(&id) && list.stdout.contains("discarded"),
+            "{}",
+            list.stdout
+        );
+        assert_eq!(before, snapshot(&t.ws));
+    }
+}
+
+#[test]
+fn binary_files_are_summarised_and_protected_paths_flagged_in_diff() {
+    let t = TestBox::new(Mode::Root);
+    std::fs::create_dir_all(t.ws.join(".vscode")).unwrap();
+    let r = t.sh(
+        "explore",
+        "printf 'a\\000b' > blob.bin; echo '{}' > .mcp.json",
+    );
+    r.code(0);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let d = t.taskbox(&["task", "diff", &id]);
+    assert!(
+        d.stdout.contains("Binary file blob.bin added"),
+        "{}",
+        d.stdout
+    );
+    assert!(d.stdout.contains("# PROTECTED: .mcp.json"), "{}", d.stdout);
+}
+
+#[test]
+fn overlay_without_namespaces_is_refused_not_written_in_place() {
+    let t = TestBox::new(Mode::RootNoNs);
+    let r = t.taskbox(&[
+        "run",
+        "-p",
+        "explore",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > leaked.txt",
+    ]);
+    r.code(126);
+    assert!(
+        r.stderr
+            .contains("overlay workspace needs a mount namespace"),
+        "{}",
+        r.stderr
+    );
+    assert!(!t.ws.join("leaked.txt").exists());
+}
