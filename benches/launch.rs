@@ -88,12 +88,20 @@ fn main() {
     std::fs::create_dir_all(&ws).unwrap();
     let tb = |extra_env: &[(&str, &str)]| {
         let mut c = Command::new(bin);
-        c.args(["run", "-p", "explore", "--", "/bin/true"])
-            .current_dir(&ws)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", dir.path())
-            .env("TASKBOX_STATE_DIR", &state);
+        // Without namespaces there is no overlay: that case runs `readonly`.
+        let no_ns = extra_env.iter().any(|(k, _)| *k == "TASKBOX_NO_USERNS");
+        c.args([
+            "run",
+            "-p",
+            if no_ns { "readonly" } else { "explore" },
+            "--",
+            "/bin/true",
+        ])
+        .current_dir(&ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .env("TASKBOX_STATE_DIR", &state);
         for (k, v) in extra_env {
             c.env(k, v);
         }
@@ -106,7 +114,7 @@ fn main() {
     let full = time(n, || run_ok(tb(&[])));
     report("taskbox run -p explore (ns+ll+sc)", &full, &bare);
     let ll = time(n, || run_ok(tb(&[("TASKBOX_NO_USERNS", "1")])));
-    report("taskbox run, Landlock+seccomp only", &ll, &bare);
+    report("taskbox run -p readonly, LL+sc only", &ll, &bare);
     if nix_is_root() {
         // Most users are not root: the same launch as uid 65534 (no pids
         // cgroup: RLIMIT_NPROC applies to non-root users).
@@ -189,5 +197,69 @@ fn main() {
     println!(
         "runner peak RSS during a run: {} KiB",
         v["runner_peak_rss_kib"]
+    );
+    snapshot_bench(bin, dir.path(), n);
+}
+
+/// Overlay snapshot on a generated 50,000-file workspace: launch cost against
+/// the small workspace (should not grow), `cp -a` of the same tree, and
+/// changeset extraction after 10 changed files.
+fn snapshot_bench(bin: &Path, base: &Path, n: usize) {
+    let big = base.join("big");
+    for d in 0..500 {
+        let dir = big.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f:03}.txt")), format!("file {d} {f}\n")).unwrap();
+        }
+    }
+    let state = base.join("state-big");
+    let tb = |script: &str| {
+        let mut c = Command::new(bin);
+        c.args(["run", "--json", "--", "/bin/sh", "-c", script])
+            .current_dir(&big)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", base)
+            .env("TASKBOX_STATE_DIR", &state);
+        c
+    };
+    let launch = time(n / 3, || run_ok(tb("true")));
+    println!(
+        "50,000-file workspace, taskbox run -p explore: median {:.3} ms, p99 {:.3} ms",
+        ms(launch.median),
+        ms(launch.p99)
+    );
+    let t = Instant::now();
+    run_ok({
+        let mut c = Command::new("cp");
+        c.arg("-a").arg(&big).arg(base.join("copy"));
+        c
+    });
+    println!("cp -a of the same workspace: {:.1} ms", ms(t.elapsed()));
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        let out = tb("for i in 0 1 2 3 4 5 6 7 8 9; do echo changed >> d00$i/f000.txt; done")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            out.stdout
+                .rsplit(|b| *b == b'\n')
+                .find(|l| !l.is_empty())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["changeset"]["changes"].as_array().map(Vec::len),
+            Some(10),
+            "{v}"
+        );
+        reads.push(Duration::from_micros(v["changeset_us"].as_u64().unwrap()));
+    }
+    let s = stats(reads);
+    println!(
+        "changeset after 10 changed files (incl. its audit record): median {:.3} ms, p99 {:.3} ms",
+        ms(s.median),
+        ms(s.p99)
     );
 }

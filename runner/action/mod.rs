@@ -122,6 +122,8 @@ pub struct RunReport {
     pub runner_peak_rss_kib: u64,
     /// Microseconds the runner spent before spawning the stage (profile, plan).
     pub prepare_us: u64,
+    /// Microseconds spent reading the changeset (and auditing it).
+    pub changeset_us: u64,
     /// What an overlay task changed (kept apart until promoted or discarded).
     pub changeset: Option<Changeset>,
 }
@@ -186,6 +188,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             refused: Some(reason),
             runner_peak_rss_kib: peak_rss_kib(),
             prepare_us: prepare_us(),
+            changeset_us: 0,
             changeset: None,
         })
     };
@@ -277,6 +280,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             };
             record.lifecycle = Lifecycle::Ran { status };
             state.save(&record)?;
+            let read_at = std::time::Instant::now();
             let changes = if overlay {
                 let cs = workspace::changeset(&dir.upper(), &workspace)?;
                 let (added, modified, deleted, renamed, mode_changed) = cs.counts();
@@ -315,6 +319,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 refused: None,
                 runner_peak_rss_kib: peak_rss_kib(),
                 prepare_us: prepared,
+                changeset_us: u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX),
                 changeset: changes,
             })
         }
