@@ -151,7 +151,7 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
     if let Some((upper, work)) = p.overlay {
         // userxattr: overlayfs in a user namespace keeps its metadata in user.* xattrs.
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr",
+            "lowerdir={},upperdir={},workdir={},userxattr,volatile",
             p.workspace.display(),
             upper.display(),
             work.display()

@@ -249,7 +249,7 @@ impl Running {
                 let _ = self.finish_wait();
                 Err(NativeError::Stage { code, message })
             }
-            Ok(StageMsg::Exited { .. }) | Err(_) => {
+            Ok(StageMsg::Exited { .. } | StageMsg::Done { .. }) | Err(_) => {
                 let status = self.finish_wait().map(|(s, _)| s).unwrap_or(-1);
                 Err(NativeError::Stage {
                     code: 125,
@@ -298,16 +298,18 @@ impl Running {
             Some(e) => e,
             None => self.started()?,
         };
-        let (status, usage) = self.finish_wait()?;
-        self.timings.exited_us = micros(self.started_at);
-        let duration_ms = u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut exit = None;
         let mut limit = None;
+        let mut done = None;
         while let Ok(m) = self.msgs.recv() {
             match m {
                 StageMsg::Exited { exit: e, limit: l } => {
                     exit = Some(e);
                     limit = l;
+                }
+                StageMsg::Done { usage } => {
+                    done = Some(usage);
+                    break;
                 }
                 StageMsg::Failed { code, message } => {
                     return Err(NativeError::Stage { code, message });
@@ -315,6 +317,41 @@ impl Running {
                 StageMsg::Started { .. } => {}
             }
         }
+        // Once the stage says no process of the task is left, its own exit
+        // (namespace teardown, ~1-2 ms) is off the critical path: reap it in
+        // the background. A pids cgroup can only be removed once it is empty,
+        // so that case (root) waits.
+        let (status, usage) = match done {
+            Some(u) if self.cgroup.is_none() => {
+                for p in self.pumps.drain(..) {
+                    let _ = p.join();
+                }
+                let pid = self.child.id() as libc::pid_t;
+                std::thread::spawn(move || {
+                    let mut st = 0;
+                    // SAFETY: waitpid writes the status into a live local.
+                    unsafe { libc::waitpid(pid, &mut st, 0) };
+                });
+                (0, u)
+            }
+            _ => {
+                let (status, ru) = self.finish_wait()?;
+                let us = |t: libc::timeval| {
+                    (t.tv_sec as u64)
+                        .saturating_mul(1_000_000)
+                        .saturating_add(t.tv_usec as u64)
+                };
+                let usage = Usage {
+                    user_us: us(ru.ru_utime),
+                    sys_us: us(ru.ru_stime),
+                    max_rss_kib: ru.ru_maxrss as u64,
+                    output_bytes: 0,
+                };
+                (status, done.unwrap_or(usage))
+            }
+        };
+        self.timings.exited_us = micros(self.started_at);
+        let duration_ms = u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         let exit = exit.unwrap_or(if libc::WIFSIGNALED(status) {
             Exit::Signal(libc::WTERMSIG(status))
         } else {
@@ -323,21 +360,14 @@ impl Running {
         if self.output_hit.load(Ordering::Relaxed) {
             limit = Some(LimitHit::Output);
         }
-        let us = |t: libc::timeval| {
-            (t.tv_sec as u64)
-                .saturating_mul(1_000_000)
-                .saturating_add(t.tv_usec as u64)
-        };
         Ok(Outcome {
             exit,
             limit_hit: limit,
             enforcement,
             duration_ms,
             usage: Usage {
-                user_us: us(usage.ru_utime),
-                sys_us: us(usage.ru_stime),
-                max_rss_kib: usage.ru_maxrss as u64,
                 output_bytes: self.output.load(Ordering::Relaxed),
+                ..usage
             },
             timings: std::mem::take(&mut self.timings),
         })

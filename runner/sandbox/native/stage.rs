@@ -44,6 +44,12 @@ pub enum StageMsg {
         /// What went wrong, for people.
         message: String,
     },
+    /// No process of the task is left; usage of all of them. The runner
+    /// need not wait for the stage's own exit (namespace teardown) after this.
+    Done {
+        /// CPU and memory of every process of the task.
+        usage: crate::sandbox::Usage,
+    },
     /// The command ended.
     Exited {
         /// How.
@@ -252,7 +258,10 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
                     };
                     std::process::exit(code)
                 }
-                Ok(ForkResult::Parent { child }) => Ok(relay(chan, child, deadline)),
+                Ok(ForkResult::Parent { child }) => {
+                    release_output();
+                    Ok(relay(chan, child, deadline))
+                }
                 Err(e) => Err((
                     125,
                     NativeError::Setup {
@@ -333,11 +342,14 @@ fn relay(chan: &mut Channel, init: Pid, deadline: Option<Instant>) -> i32 {
                     Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
                     _ => continue,
                 };
-                return if killed {
+                let code = if killed {
                     finish(chan, Exit::Signal(libc::SIGKILL), limit)
                 } else {
                     exit.status()
                 };
+                // pid 1 is reaped: the pid namespace is empty.
+                done(chan);
+                return code;
             }
             Some(libc::SIGALRM) => {
                 killed = true;
@@ -359,6 +371,36 @@ fn decode(code: i32) -> Exit {
         Exit::Signal(code - 128)
     } else {
         Exit::Code(code)
+    }
+}
+
+/// Tells the runner every process of the task is gone, with their usage.
+fn done(chan: &mut Channel) {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| {
+            let us = |t: nix::sys::time::TimeVal| {
+                u64::try_from(t.tv_sec() * 1_000_000 + t.tv_usec()).unwrap_or(0)
+            };
+            crate::sandbox::Usage {
+                user_us: us(u.user_time()),
+                sys_us: us(u.system_time()),
+                max_rss_kib: u64::try_from(u.max_rss()).unwrap_or(0),
+                output_bytes: 0,
+            }
+        })
+        .unwrap_or_default();
+    chan.send(&StageMsg::Done { usage });
+}
+
+/// The stage writes nothing to the task's output: dropping its copies lets
+/// the runner see end-of-output as soon as the task's last process is gone.
+fn release_output() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd as _;
+        for fd in [1, 2] {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
     }
 }
 
@@ -483,7 +525,10 @@ fn init(
             // SAFETY: _exit skips atexit handlers that belong to the parent.
             unsafe { libc::_exit(code) }
         }
-        Ok(ForkResult::Parent { child }) => child,
+        Ok(ForkResult::Parent { child }) => {
+            release_output();
+            child
+        }
         Err(e) => {
             return Err((
                 125,
@@ -500,7 +545,12 @@ fn init(
     loop {
         if let Some(exit) = status {
             kill_rest(isolation, child);
-            return Ok(finish(chan, exit, limit));
+            let code = finish(chan, exit, limit);
+            if isolation == Isolation::LandlockOnly {
+                // kill_rest reaped every descendant (we are their subreaper).
+                done(chan);
+            }
+            return Ok(code);
         }
         match wait_signal(&set, deadline) {
             None => {
