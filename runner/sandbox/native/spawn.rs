@@ -373,8 +373,10 @@ impl Running {
         })
     }
 
-    /// Stops the task now (its whole process tree).
+    /// Stops the task now: the stage kills its whole process tree on SIGALRM
+    /// (a SIGKILL to the stage would orphan the tree in Landlock-only mode).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGALRM);
     }
 }
