@@ -283,6 +283,15 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             let read_at = std::time::Instant::now();
             let changes = if overlay {
                 let cs = workspace::changeset(&dir.upper(), &workspace)?;
+                // What the workspace held at each changed path: promote refuses
+                // if any of it changes before then.
+                let base =
+                    serde_json::to_vec(&workspace::Base::of(&cs, &workspace)).unwrap_or_default();
+                let base_path = dir.root().join("base.json");
+                std::fs::write(&base_path, base).map_err(|source| TaskError::Io {
+                    path: base_path,
+                    source,
+                })?;
                 let (added, modified, deleted, renamed, mode_changed) = cs.counts();
                 audit.append(AuditEvent::Changeset {
                     task: task.to_string(),

@@ -86,6 +86,28 @@ pub enum AuditEvent {
         /// Task id.
         task: String,
     },
+    /// An overlay task's changes were applied to the workspace.
+    Promoted {
+        /// Task id.
+        task: String,
+        /// Who promoted (the human running taskbox).
+        by: String,
+        /// The commit, in a git workspace.
+        commit: Option<String>,
+        /// Its branch.
+        branch: Option<String>,
+        /// Number of changes.
+        changes: usize,
+    },
+    /// A promoted task was undone.
+    Reverted {
+        /// Task id.
+        task: String,
+        /// Who reverted.
+        by: String,
+        /// The revert commit, in a git workspace.
+        commit: Option<String>,
+    },
     /// Old tasks were removed from the store.
     Pruned {
         /// How many.
@@ -106,7 +128,9 @@ impl AuditEvent {
             | AuditEvent::TaskEnd { task, .. }
             | AuditEvent::TaskRefused { task, .. }
             | AuditEvent::Changeset { task, .. }
-            | AuditEvent::Discarded { task } => Some(task),
+            | AuditEvent::Discarded { task }
+            | AuditEvent::Promoted { task, .. }
+            | AuditEvent::Reverted { task, .. } => Some(task),
             AuditEvent::LogRepaired { .. } | AuditEvent::Pruned { .. } => None,
         }
     }

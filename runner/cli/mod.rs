@@ -31,7 +31,7 @@ enum Command {
     /// Verify and read the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
-    /// List, show, diff, discard and prune tasks.
+    /// List, show, diff, promote, revert, discard and prune tasks.
     #[command(subcommand)]
     Task(task::TaskCmd),
     /// Show what this kernel can enforce, and which profiles can run here.

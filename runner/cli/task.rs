@@ -25,6 +25,27 @@ pub enum TaskCmd {
         #[arg(long)]
         stat: bool,
     },
+    /// Apply an overlay task's changes to the workspace: one git commit with
+    /// provenance trailers in a git work tree. Re-running it finishes an
+    /// interrupted promote.
+    Promote {
+        /// Task id.
+        id: String,
+        /// Commit onto this new branch instead (the work tree is not touched).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Commit message.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Allow changes to protected paths (.git/hooks, shell rc, editor and agent config).
+        #[arg(long)]
+        allow_protected: bool,
+    },
+    /// Undo a promoted task (`git revert` of its commit, or the stored reverse changes).
+    Revert {
+        /// Task id.
+        id: String,
+    },
     /// Throw away an overlay task's changes.
     Discard {
         /// Task id.
@@ -107,6 +128,104 @@ impl TaskCmd {
                     workspace::render_diff(&cs, &upper, &r.workspace, &protect_list())
                 };
                 print!("{text}");
+                Ok(0)
+            }
+            TaskCmd::Promote {
+                id,
+                branch,
+                message,
+                allow_protected,
+            } => {
+                let mut r = state.load(&id)?;
+                let resuming = state.task_dir(&r.id).root().join("promote.json").exists();
+                if !matches!(r.lifecycle, Lifecycle::Ran { .. }) && !resuming {
+                    anyhow::bail!(
+                        "task {} is {:?}: only a finished task can be promoted",
+                        r.id,
+                        r.lifecycle
+                    );
+                }
+                let cs = changes(&state, &r)?;
+                let dir = state.task_dir(&r.id);
+                let base: workspace::Base = std::fs::read(dir.root().join("base.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                let by =
+                    super::env("USER").unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
+                let mut trailers = vec![("Taskbox-Task".to_owned(), r.id.to_string())];
+                if let Some(a) = &r.agent {
+                    trailers.push(("Taskbox-Agent".into(), a.clone()));
+                }
+                if let Some(w) = &r.on_behalf_of {
+                    trailers.push(("Taskbox-On-Behalf-Of".into(), w.clone()));
+                }
+                trailers.push((
+                    "Taskbox-Profile".into(),
+                    format!("{}@{}", r.profile, r.profile_digest),
+                ));
+                let protect = protect_list();
+                let upper = dir.upper();
+                let spec = workspace::PromoteSpec {
+                    task: r.id.as_str(),
+                    upper: &upper,
+                    workspace: &r.workspace,
+                    task_dir: dir.root(),
+                    protect: &protect,
+                    allow_protected,
+                    message: message.unwrap_or_else(|| format!("taskbox: {}", r.argv.join(" "))),
+                    trailers,
+                    branch,
+                };
+                let p = workspace::promote(&spec, &cs, &base)?;
+                r.lifecycle = Lifecycle::Promoted {
+                    commit: p.commit.clone(),
+                };
+                state.save(&r)?;
+                audit.append(AuditEvent::Promoted {
+                    task: r.id.to_string(),
+                    by,
+                    commit: p.commit.clone(),
+                    branch: p.branch.clone(),
+                    changes: p.changes,
+                })?;
+                match &p.commit {
+                    Some(c) => println!(
+                        "promoted {}: {} changes, commit {c} on {}",
+                        r.id,
+                        p.changes,
+                        p.branch.as_deref().unwrap_or("?")
+                    ),
+                    None => println!("promoted {}: {} changes", r.id, p.changes),
+                }
+                Ok(0)
+            }
+            TaskCmd::Revert { id } => {
+                let mut r = state.load(&id)?;
+                if !matches!(r.lifecycle, Lifecycle::Promoted { .. }) {
+                    anyhow::bail!(
+                        "task {} is {:?}: only a promoted task can be reverted",
+                        r.id,
+                        r.lifecycle
+                    );
+                }
+                let commit = workspace::revert(&r.workspace, state.task_dir(&r.id).root())?;
+                r.lifecycle = Lifecycle::Reverted {
+                    commit: commit.clone(),
+                };
+                state.save(&r)?;
+                let by =
+                    super::env("USER").unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
+                audit.append(AuditEvent::Reverted {
+                    task: r.id.to_string(),
+                    by,
+                    commit: commit.clone(),
+                })?;
+                println!(
+                    "reverted {}{}",
+                    r.id,
+                    commit.map(|c| format!(": commit {c}")).unwrap_or_default()
+                );
                 Ok(0)
             }
             TaskCmd::Discard { id } => {

@@ -6,9 +6,11 @@
 
 mod changeset;
 mod diff;
+mod promote;
 
 pub use changeset::{Change, ChangeKind, Changeset, EntryType, changeset};
 pub use diff::{render_diff, render_stat};
+pub use promote::{Base, PromoteError, PromoteSpec, Promoted, promote, revert};
 
 use std::path::PathBuf;
 

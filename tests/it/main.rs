@@ -7,5 +7,6 @@ mod audit;
 mod limits;
 mod overlay;
 mod profiles;
+mod promote;
 mod sandbox;
 mod support;
