@@ -43,6 +43,14 @@ pub enum ActionError {
         /// What is missing.
         what: String,
     },
+    /// `run --task` named a task that is not approved.
+    #[error("task {task} is not approved ({state}). Hint: `taskbox approve {task}`")]
+    NotApproved {
+        /// The task.
+        task: String,
+        /// Its state.
+        state: String,
+    },
     /// The task store failed.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -65,7 +73,7 @@ impl ActionError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ActionError::Native(e) => e.exit_code(),
-            ActionError::Unsupported { .. } => EXIT_POLICY,
+            ActionError::Unsupported { .. } | ActionError::NotApproved { .. } => EXIT_POLICY,
             ActionError::Profile(_)
             | ActionError::Audit(_)
             | ActionError::NoWorkspace { .. }
@@ -101,6 +109,9 @@ pub struct RunRequest {
     pub stdout: Sink,
     /// Where the command's stderr goes.
     pub stderr: Sink,
+    /// Run this approved task (its recorded profile, command and workspace)
+    /// instead of a new one.
+    pub approved_task: Option<String>,
 }
 
 /// What happened to a task; printed by `run --json`.
@@ -126,6 +137,8 @@ pub struct RunReport {
     pub changeset_us: u64,
     /// What an overlay task changed (kept apart until promoted or discarded).
     pub changeset: Option<Changeset>,
+    /// For a task waiting for approval: the plan a human approves.
+    pub plan: Option<String>,
 }
 
 /// Paths listed in a changeset audit record; the counts are always complete.
@@ -155,11 +168,45 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         stage_exe,
         stdout,
         stderr,
+        approved_task,
     } = req;
     let begun = std::time::Instant::now();
     let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());
-    let task = TaskId::new();
+    // An approved task runs exactly what was approved: its own profile,
+    // command, workspace and attribution, whatever this invocation says.
+    let (task, profile, argv, workspace, agent, on_behalf_of, approval) = match approved_task {
+        Some(id) => {
+            let rec = state.load(&id)?;
+            let approval = match rec.lifecycle {
+                Lifecycle::Approved { approval } => approval,
+                other => {
+                    return Err(ActionError::NotApproved {
+                        task: rec.id.to_string(),
+                        state: format!("{other:?}"),
+                    });
+                }
+            };
+            (
+                rec.id,
+                rec.profile_ref,
+                rec.argv,
+                rec.workspace,
+                rec.agent,
+                rec.on_behalf_of,
+                Some(approval),
+            )
+        }
+        None => (
+            TaskId::new(),
+            profile,
+            argv,
+            workspace,
+            agent,
+            on_behalf_of,
+            None,
+        ),
+    };
     let workspace =
         std::fs::canonicalize(&workspace).map_err(|source| ActionError::NoWorkspace {
             path: workspace.clone(),
@@ -190,10 +237,92 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             prepare_us: prepare_us(),
             changeset_us: 0,
             changeset: None,
+            plan: None,
         })
     };
     if let Err(e) = supported(&prof, &argv) {
         return refuse(e.exit_code(), e.to_string());
+    }
+    let cmd_digest = crate::task::command_digest(&argv, &workspace);
+    if prof.approval_required {
+        match &approval {
+            None => {
+                // Record a pending task with the plan a human will approve.
+                state.create_task(&task, false)?;
+                state.save(&TaskRecord {
+                    id: task.clone(),
+                    created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                        .to_string(),
+                    agent: agent.clone(),
+                    on_behalf_of: on_behalf_of.clone(),
+                    profile: prof.name.clone(),
+                    profile_ref: profile.clone(),
+                    profile_digest: prof.digest.clone(),
+                    argv: argv.clone(),
+                    workspace: workspace.clone(),
+                    overlay: false,
+                    lifecycle: Lifecycle::Pending {
+                        command_digest: cmd_digest.clone(),
+                    },
+                })?;
+                let credentials: Vec<String> = prof
+                    .grants
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{} (from {}, as {:?})",
+                            g.name,
+                            g.from.split(':').next().unwrap_or(""),
+                            g.deliver
+                        )
+                    })
+                    .collect();
+                audit.append(AuditEvent::ApprovalRequested {
+                    task: task.to_string(),
+                    profile: format!("{}@{}", prof.name, prof.digest),
+                    argv: argv.clone(),
+                    credentials: credentials.clone(),
+                })?;
+                let plan = format!(
+                    "{}command: {}\nworkspace: {}\ncredentials: {}\n",
+                    crate::profile::explain(&prof),
+                    argv.join(" "),
+                    workspace.display(),
+                    if credentials.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        credentials.join("; ")
+                    }
+                );
+                return Ok(RunReport {
+                    task: task.to_string(),
+                    profile: prof.name.clone(),
+                    profile_digest: prof.digest.clone(),
+                    status: EXIT_POLICY,
+                    outcome: None,
+                    refused: Some(format!(
+                        "approval required: nothing ran. Hint: `taskbox approve {task}` (or `taskbox deny {task}`), then `taskbox run --task {task}`"
+                    )),
+                    runner_peak_rss_kib: peak_rss_kib(),
+                    prepare_us: prepare_us(),
+                    changeset_us: 0,
+                    changeset: None,
+                    plan: Some(plan),
+                });
+            }
+            Some(a) => {
+                if a.profile_digest != prof.digest || a.command_digest != cmd_digest {
+                    return refuse(
+                        EXIT_POLICY,
+                        "the approval no longer applies: the profile or the command changed since it was approved. Hint: run it again to request a new approval".into(),
+                    );
+                }
+                audit.append(AuditEvent::ApprovalUsed {
+                    task: task.to_string(),
+                    approved_by: a.by.clone(),
+                })?;
+            }
+        }
     }
     let home = caller_env
         .iter()
@@ -250,6 +379,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         agent: agent.clone(),
         on_behalf_of: on_behalf_of.clone(),
         profile: prof.name.clone(),
+        profile_ref: profile.clone(),
         profile_digest: prof.digest.clone(),
         argv: argv.clone(),
         workspace: workspace.clone(),
@@ -330,6 +460,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 prepare_us: prepared,
                 changeset_us: u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX),
                 changeset: changes,
+                plan: None,
             })
         }
         Err(Launch::Refused(e)) => {
@@ -401,9 +532,6 @@ fn supported(p: &Profile, argv: &[String]) -> Result<(), ActionError> {
     }
     if p.net.mode == NetMode::Proxy {
         return no("network mode \"proxy\" (the egress proxy)");
-    }
-    if p.approval_required {
-        return no("approval before each run (the approval gate)");
     }
     if !p.grants.is_empty() {
         return no("credential grants");

@@ -108,6 +108,42 @@ pub enum AuditEvent {
         /// The revert commit, in a git workspace.
         commit: Option<String>,
     },
+    /// A task waits for approval; nothing ran.
+    ApprovalRequested {
+        /// Task id.
+        task: String,
+        /// Profile name and digest.
+        profile: String,
+        /// Command.
+        argv: Vec<String>,
+        /// Credentials the task would get, by name (never values).
+        credentials: Vec<String>,
+    },
+    /// A human approved a pending task.
+    Approved {
+        /// Task id.
+        task: String,
+        /// Who.
+        by: String,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// A human refused a pending task.
+    Denied {
+        /// Task id.
+        task: String,
+        /// Who.
+        by: String,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// An approval was used to run its task.
+    ApprovalUsed {
+        /// Task id.
+        task: String,
+        /// Who had approved it.
+        approved_by: String,
+    },
     /// Old tasks were removed from the store.
     Pruned {
         /// How many.
@@ -130,7 +166,11 @@ impl AuditEvent {
             | AuditEvent::Changeset { task, .. }
             | AuditEvent::Discarded { task }
             | AuditEvent::Promoted { task, .. }
-            | AuditEvent::Reverted { task, .. } => Some(task),
+            | AuditEvent::Reverted { task, .. }
+            | AuditEvent::ApprovalRequested { task, .. }
+            | AuditEvent::Approved { task, .. }
+            | AuditEvent::Denied { task, .. }
+            | AuditEvent::ApprovalUsed { task, .. } => Some(task),
             AuditEvent::LogRepaired { .. } | AuditEvent::Pruned { .. } => None,
         }
     }

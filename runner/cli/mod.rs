@@ -1,6 +1,7 @@
 //! Command-line front door: clap derive, one file per subcommand, each thin
 //! over the library. Owns exit codes for errors; owns no policy.
 
+mod approve;
 mod audit;
 mod doctor;
 mod exec;
@@ -28,6 +29,10 @@ enum Command {
     /// List, show, explain, check and compare profiles.
     #[command(subcommand)]
     Profile(profile::ProfileCmd),
+    /// Approve a task waiting for approval (profiles with `[approval] required`).
+    Approve(approve::DecideArgs),
+    /// Refuse a task waiting for approval.
+    Deny(approve::DecideArgs),
     /// Verify and read the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -63,6 +68,8 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Audit(a) => a.execute(),
         Command::Doctor(a) => a.execute(),
         Command::Task(a) => a.execute(),
+        Command::Approve(a) => a.execute(approve::Decision::Approve),
+        Command::Deny(a) => a.execute(approve::Decision::Deny),
         Command::Exec(a) => a.execute(),
     }
 }

@@ -22,26 +22,20 @@ pub struct RunArgs {
     /// The accountable human, recorded in the audit log.
     #[arg(long)]
     on_behalf_of: Option<String>,
-    /// Reuse a task id (approved tasks; not available yet).
+    /// Run an approved task: exactly its recorded profile, command and workspace.
     #[arg(long)]
     task: Option<String>,
     /// Print one JSON summary object on stdout at the end.
     #[arg(long)]
     json: bool,
     /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "task")]
     command: Vec<String>,
 }
 
 impl RunArgs {
     /// Runs the task; returns the contract's exit code.
     pub fn execute(self) -> anyhow::Result<i32> {
-        if self.task.is_some() {
-            eprintln!(
-                "taskbox: --task needs the approval gate, which this build does not have yet; refused"
-            );
-            return Ok(action::EXIT_POLICY);
-        }
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let workspace = self.workspace.clone().unwrap_or_else(|| cwd.clone());
         let in_workspace = std::fs::canonicalize(&cwd)
@@ -62,6 +56,7 @@ impl RunArgs {
                 .context("cannot find the taskbox binary for the launch stage")?,
             stdout: Box::new(std::io::stdout()),
             stderr: Box::new(std::io::stderr()),
+            approved_task: self.task,
         };
         let report = action::run(req)?;
         summarize(&report, self.json);
@@ -70,6 +65,9 @@ impl RunArgs {
 }
 
 fn summarize(r: &RunReport, json: bool) {
+    if let Some(plan) = &r.plan {
+        eprintln!("taskbox: task {} needs approval. The plan:\n{plan}", r.task);
+    }
     if json {
         let mut out = std::io::stdout().lock();
         let _ = serde_json::to_writer(&mut out, r);

@@ -7,7 +7,7 @@ mod store;
 
 use std::path::{Path, PathBuf};
 
-pub use store::{Lifecycle, TaskDir, TaskRecord};
+pub use store::{Approval, Lifecycle, TaskDir, TaskRecord, command_digest};
 
 /// Why the task store failed.
 #[derive(Debug, thiserror::Error)]

@@ -31,11 +31,56 @@ pub enum Lifecycle {
     },
     /// The changeset was thrown away.
     Discarded,
+    /// Waiting for a human's approval; nothing has run.
+    Pending {
+        /// Digest of the command and workspace the approval must match.
+        command_digest: String,
+    },
+    /// Approved; `taskbox run --task ID` runs exactly this plan.
+    Approved {
+        /// The approval.
+        approval: Approval,
+    },
+    /// A human refused it.
+    Denied {
+        /// Who.
+        by: String,
+        /// Why.
+        reason: Option<String>,
+    },
     /// A promoted task was undone.
     Reverted {
         /// The revert commit, in a git workspace.
         commit: Option<String>,
     },
+}
+
+/// A human's approval, bound to the profile and command it was given for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approved.
+    pub by: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// RFC 3339 time.
+    pub at: String,
+    /// Digest of the profile approved.
+    pub profile_digest: String,
+    /// Digest of the command and workspace approved.
+    pub command_digest: String,
+}
+
+/// sha-256 over the command and the workspace: what an approval is bound to.
+pub fn command_digest(argv: &[String], workspace: &Path) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for a in argv {
+        h.update(a.as_bytes());
+        h.update([0]);
+    }
+    h.update([1]);
+    h.update(workspace.as_os_str().as_encoded_bytes());
+    hex::encode(h.finalize())
 }
 
 /// What the store keeps about a task.
@@ -51,6 +96,9 @@ pub struct TaskRecord {
     pub on_behalf_of: Option<String>,
     /// Profile name.
     pub profile: String,
+    /// The profile as given to `-p` (a name or a path), to load it again.
+    #[serde(default)]
+    pub profile_ref: String,
     /// Profile digest.
     pub profile_digest: String,
     /// Command.

@@ -3,6 +3,7 @@
 //! and without namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod approval;
 mod audit;
 mod limits;
 mod overlay;

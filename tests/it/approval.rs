@@ -1,0 +1,119 @@
+//! The approval gate: shared-change never runs unapproved; approvals are bound
+//! to the profile and command digests, single-use, and out of a task's reach.
+
+use crate::support::{Mode, TestBox, taskbox_bin};
+
+fn pending(t: &TestBox, profile: &str) -> String {
+    let r = t.taskbox(&[
+        "run",
+        "-p",
+        profile,
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo deployed >> hello.txt",
+    ]);
+    r.code(126);
+    assert!(
+        r.stderr.contains("needs approval")
+            && r.stderr.contains("command: /bin/sh -c echo deployed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+        "hello\n",
+        "ran without approval"
+    );
+    r.json()["task"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn shared_change_runs_only_once_approved_and_only_once() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let id = pending(&t, "shared-change");
+        t.taskbox(&["run", "--task", &id]).code(126);
+        t.taskbox(&["approve", &id, "--by", "carol", "--reason", "reviewed"])
+            .code(0);
+        t.taskbox(&["run", "--task", &id]).code(0);
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+            "hello\ndeployed\n",
+            "{m:?}"
+        );
+        t.taskbox(&["run", "--task", &id]).code(126);
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+            "hello\ndeployed\n",
+            "approval reused"
+        );
+        let log = t.taskbox(&["audit", "query", "--task", &id]).stdout;
+        for kind in [
+            "approval-requested",
+            "\"kind\":\"approved\"",
+            "\"by\":\"carol\"",
+            "approval-used",
+            "task-end",
+        ] {
+            assert!(log.contains(kind), "{kind}: {log}");
+        }
+    }
+}
+
+#[test]
+fn an_approval_does_not_survive_a_changed_profile() {
+    let t = TestBox::new(Mode::Root);
+    let p = t.profile(
+        "deploy",
+        "extends = \"shared-change\"\n[limits]\nwall = \"5m\"\n",
+    );
+    let id = pending(&t, &p);
+    t.taskbox(&["approve", &id]).code(0);
+    std::fs::write(
+        &p,
+        "extends = \"shared-change\"\n[limits]\nwall = \"5m\"\n[env]\npass = [\"AWS_SECRET\"]\n",
+    )
+    .unwrap();
+    let r = t.taskbox(&["run", "--task", &id]);
+    r.code(126);
+    assert!(r.stderr.contains("no longer applies"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+}
+
+#[test]
+fn denied_tasks_never_run() {
+    let t = TestBox::new(Mode::Root);
+    let id = pending(&t, "shared-change");
+    t.taskbox(&["deny", &id, "--reason", "no"]).code(0);
+    t.taskbox(&["run", "--task", &id]).code(126);
+    t.taskbox(&["approve", &id]).code(125);
+    assert_eq!(
+        std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+}
+
+#[test]
+fn a_task_cannot_approve_anything() {
+    let t = TestBox::new(Mode::Root);
+    let id = pending(&t, "shared-change");
+    let bin = taskbox_bin().display().to_string();
+    let s = t.state.display();
+    let r = t.sh(
+        "explore",
+        &format!("TASKBOX_STATE_DIR={s} {bin} approve {id}; {bin} approve {id}; echo end"),
+    );
+    assert!(r.stdout.contains("end"), "{r:?}");
+    let list = t.taskbox(&["task", "list"]).stdout;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id) && l.contains("pending")),
+        "{list}"
+    );
+    t.taskbox(&["run", "--task", &id]).code(126);
+}
