@@ -333,7 +333,20 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         home,
         tmp: PathBuf::from("/tmp"),
     };
-    let spec = prof.resolve(&vars, &caller_env);
+    let mut spec = prof.resolve(&vars, &caller_env);
+    // A git worktree keeps its repository outside the workspace: let the task
+    // read it (git status, log, diff work), never write it.
+    for dir in workspace::git_dirs_outside(&workspace) {
+        if !spec
+            .fs
+            .read
+            .iter()
+            .chain(&spec.fs.write)
+            .any(|r| dir.starts_with(r))
+        {
+            spec.fs.read.push(dir);
+        }
+    }
     let cwd = cwd.map_or_else(
         || workspace.clone(),
         |c| std::fs::canonicalize(&c).unwrap_or(c),

@@ -66,6 +66,11 @@ impl DoctorArgs {
                     if prof.require.namespaces && !p.user_namespaces {
                         why.push("needs user namespaces".to_owned());
                     }
+                    if prof.workspace == crate::profile::WorkspaceMode::Overlay
+                        && !p.user_namespaces
+                    {
+                        why.push("its overlay workspace needs user namespaces".to_owned());
+                    }
                     if prof.require.seccomp && !p.seccomp {
                         why.push("needs seccomp".to_owned());
                     }

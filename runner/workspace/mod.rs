@@ -47,3 +47,26 @@ pub fn display_path(p: &std::path::Path) -> String {
     }
     out
 }
+
+/// For a git worktree (`.git` is a file naming its git dir), the git dir and
+/// the common dir when they lie outside the workspace; empty otherwise.
+pub fn git_dirs_outside(workspace: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(workspace.join(".git")) else {
+        return Vec::new();
+    };
+    let Some(gitdir) = text.lines().find_map(|l| l.strip_prefix("gitdir: ")) else {
+        return Vec::new();
+    };
+    let gitdir = workspace.join(gitdir.trim());
+    let Ok(gitdir) = std::fs::canonicalize(gitdir) else {
+        return Vec::new();
+    };
+    let mut out = vec![gitdir.clone()];
+    if let Ok(common) = std::fs::read_to_string(gitdir.join("commondir"))
+        && let Ok(c) = std::fs::canonicalize(gitdir.join(common.trim()))
+    {
+        out.push(c);
+    }
+    out.retain(|d| !d.starts_with(workspace));
+    out
+}

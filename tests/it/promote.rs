@@ -268,3 +268,44 @@ fn promote_refuses_conflicts_protected_paths_and_symlinked_parents() {
         "promote wrote through a symlinked parent"
     );
 }
+
+#[test]
+fn git_worktrees_work_inside_and_promote() {
+    let t = TestBox::new(Mode::Root);
+    repo(&t);
+    let wt = t.root.join("wt");
+    git(
+        &t,
+        &["worktree", "add", "-q", "-b", "wt", wt.to_str().unwrap()],
+    );
+    let mut c = t.cmd(&[
+        "run",
+        "-w",
+        wt.to_str().unwrap(),
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "git status --short && echo x > new.txt && git status --short",
+    ]);
+    c.current_dir(&wt)
+        .env("GIT_CONFIG_GLOBAL", t.root.join("gitconfig"));
+    let r = run(c);
+    r.code(0);
+    assert!(
+        r.stdout.contains("?? new.txt"),
+        "git does not work in a worktree inside: {r:?}"
+    );
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let mut c = t.cmd(&["task", "promote", &id]);
+    c.env("GIT_CONFIG_GLOBAL", t.root.join("gitconfig"))
+        .env("GIT_AUTHOR_NAME", "A")
+        .env("GIT_AUTHOR_EMAIL", "a@x")
+        .env("GIT_COMMITTER_NAME", "A")
+        .env("GIT_COMMITTER_EMAIL", "a@x");
+    run(c).code(0);
+    assert!(wt.join("new.txt").exists());
+    let files = git(&t, &["ls-tree", "-r", "--name-only", "wt"]);
+    assert!(files.contains("new.txt"), "{files}");
+    assert!(!t.ws.join("new.txt").exists(), "the main work tree changed");
+}
