@@ -424,6 +424,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             record.lifecycle = Lifecycle::Ran { status };
             state.save(&record)?;
             let read_at = std::time::Instant::now();
+            let mut events = Vec::new();
             let changes = if overlay {
                 let cs = workspace::changeset(&dir.upper(), &workspace)?;
                 // What the workspace held at each changed path: promote refuses
@@ -436,7 +437,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     source,
                 })?;
                 let (added, modified, deleted, renamed, mode_changed) = cs.counts();
-                audit.append(AuditEvent::Changeset {
+                events.push(AuditEvent::Changeset {
                     task: task.to_string(),
                     added,
                     modified,
@@ -449,19 +450,21 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                         .take(MAX_AUDITED_PATHS)
                         .map(|c| workspace::display_path(&c.path))
                         .collect(),
-                })?;
+                });
                 Some(cs)
             } else {
                 None
             };
-            audit.append(AuditEvent::TaskEnd {
+            events.push(AuditEvent::TaskEnd {
                 task: task.to_string(),
                 status,
                 exit: serde_json::to_value(outcome.exit).unwrap_or_default(),
                 limit_hit: outcome.limit_hit.map(|l| format!("{l:?}").to_lowercase()),
                 duration_ms: outcome.duration_ms,
                 usage: serde_json::to_value(outcome.usage).unwrap_or_default(),
-            })?;
+            });
+            // One lock and one head update for the task's closing records.
+            audit.append_all(events)?;
             Ok(RunReport {
                 task: task.to_string(),
                 profile: prof.name.clone(),

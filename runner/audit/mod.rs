@@ -280,6 +280,17 @@ impl Sink {
     /// # Errors
     /// When the log cannot be locked, read or written.
     pub fn append(&self, event: AuditEvent) -> Result<Record, AuditError> {
+        let mut recs = self.append_all(vec![event])?;
+        recs.pop().ok_or(AuditError::Encode(serde_json::Error::io(
+            std::io::Error::other("nothing appended"),
+        )))
+    }
+
+    /// Appends several events under one lock, in order (one head update).
+    ///
+    /// # Errors
+    /// When the log cannot be locked, read or written.
+    pub fn append_all(&self, events: Vec<AuditEvent>) -> Result<Vec<Record>, AuditError> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(self.io("create directory"))?;
         }
@@ -303,16 +314,18 @@ impl Sink {
             seq = rec.seq;
             prev = rec.hash;
         }
-        let rec = self.write_record(&mut f, seq + 1, &prev, event)?;
-        let head = serde_json::to_vec(&Head {
-            seq: rec.seq,
-            hash: rec.hash.clone(),
-        })
-        .map_err(AuditError::Encode)?;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let rec = self.write_record(&mut f, seq + 1, &prev, event)?;
+            seq = rec.seq;
+            prev = rec.hash.clone();
+            out.push(rec);
+        }
+        let head = serde_json::to_vec(&Head { seq, hash: prev }).map_err(AuditError::Encode)?;
         let tmp = self.path.with_extension("head.tmp");
         std::fs::write(&tmp, head).map_err(self.io("write head"))?;
         std::fs::rename(&tmp, self.head_path()).map_err(self.io("write head"))?;
-        Ok(rec)
+        Ok(out)
     }
 
     fn write_record(

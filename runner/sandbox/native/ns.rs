@@ -302,8 +302,12 @@ fn set_read_only(path: &Path, read_only: bool, recursive: bool) -> Result<(), Na
 /// chown, utimes or xattrs outside the writable trees; a read-only mount does.
 fn read_only_root(write: &[PathBuf]) -> Result<(), NativeError> {
     use std::os::fd::AsRawFd as _;
+    // Not rebound: /tmp and /dev/shm themselves (fresh tmpfs mounts replace
+    // them) and device files (writing a device works on a read-only mount).
     let held: Vec<_> = write
         .iter()
+        .filter(|w| *w != Path::new("/tmp") && *w != Path::new("/dev/shm"))
+        .filter(|w| std::fs::metadata(w).is_ok_and(|m| m.is_dir() || m.is_file()))
         .filter_map(|w| open_path(w).map(|fd| (w.clone(), fd)))
         .collect();
     set_read_only(Path::new("/"), true, true)?;
