@@ -173,6 +173,7 @@ fn pids_cgroup(task_id: &str, pid: u32, max: u64) -> Option<PathBuf> {
         Path::new("/sys/fs/cgroup"),
     ];
     for base in bases {
+        remove_stale_cgroups(base);
         if !base.join("cgroup.procs").exists() {
             continue;
         }
@@ -188,6 +189,26 @@ fn pids_cgroup(task_id: &str, pid: u32, max: u64) -> Option<PathBuf> {
         let _ = std::fs::remove_dir(&dir);
     }
     None
+}
+
+/// A runner killed mid-task leaves its (by then empty) cgroup behind; remove
+/// those older than a minute. rmdir refuses a cgroup that still has tasks,
+/// and the age check spares one another runner is just setting up.
+fn remove_stale_cgroups(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with("taskbox-")
+            && e.metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 60);
+        if stale {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
 }
 
 fn pump(
