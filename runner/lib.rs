@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod profile;
+pub mod proxy;
 pub mod sandbox;
 pub mod task;
 pub mod workspace;

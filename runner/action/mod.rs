@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::audit::{AuditEvent, Sink as AuditSink};
 use crate::profile::{Backend, Catalog, NetMode, PathVars, Profile, ProfileError, WorkspaceMode};
+use crate::proxy;
 use crate::sandbox::native::{self, NativeError, PlanInputs, Sink};
 use crate::sandbox::{Enforcement, LimitHit, Outcome};
 use crate::task::{Lifecycle, StateDir, TaskError, TaskId, TaskRecord};
@@ -139,6 +140,8 @@ pub struct RunReport {
     pub changeset: Option<Changeset>,
     /// For a task waiting for approval: the plan a human approves.
     pub plan: Option<String>,
+    /// Hosts the egress proxy refused (`host:port`), in order.
+    pub denied_hosts: Vec<String>,
 }
 
 /// Paths listed in a changeset audit record; the counts are always complete.
@@ -238,6 +241,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             changeset_us: 0,
             changeset: None,
             plan: None,
+            denied_hosts: Vec::new(),
         })
     };
     if let Err(e) = supported(&prof, &argv) {
@@ -308,6 +312,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     changeset_us: 0,
                     changeset: None,
                     plan: Some(plan),
+                    denied_hosts: Vec::new(),
                 });
             }
             Some(a) => {
@@ -413,10 +418,16 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         &workspace,
         agent,
         on_behalf_of,
+        proxy::Resolver::from_spec(
+            caller_env
+                .iter()
+                .find(|(k, _)| k == "TASKBOX_TEST_RESOLVE")
+                .map(|(_, v)| v.as_str()),
+        ),
     );
     let _ = std::fs::remove_dir_all(&host_tmp);
     match result {
-        Ok(outcome) => {
+        Ok((outcome, conns)) => {
             let status = match outcome.limit_hit {
                 Some(LimitHit::Wall) => EXIT_TIMEOUT,
                 Some(LimitHit::Output) | None => outcome.exit.status(),
@@ -424,7 +435,18 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             record.lifecycle = Lifecycle::Ran { status };
             state.save(&record)?;
             let read_at = std::time::Instant::now();
-            let mut events = Vec::new();
+            let mut events: Vec<AuditEvent> = conns
+                .iter()
+                .map(|c| AuditEvent::Connection {
+                    task: task.to_string(),
+                    connection: serde_json::to_value(c).unwrap_or_default(),
+                })
+                .collect();
+            let denied: Vec<String> = conns
+                .iter()
+                .filter(|c| matches!(c.decision, proxy::Decision::Deny { .. }))
+                .map(|c| format!("{}:{}", c.host, c.port))
+                .collect();
             let changes = if overlay {
                 let cs = workspace::changeset(&dir.upper(), &workspace)?;
                 // What the workspace held at each changed path: promote refuses
@@ -477,6 +499,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 changeset_us: u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX),
                 changeset: changes,
                 plan: None,
+                denied_hosts: denied,
             })
         }
         Err(Launch::Refused(e)) => {
@@ -512,10 +535,37 @@ fn launch_and_wait(
     workspace: &Path,
     agent: Option<String>,
     on_behalf_of: Option<String>,
-) -> Result<Outcome, Launch> {
+    resolver: proxy::Resolver,
+) -> Result<(Outcome, Vec<proxy::ConnRecord>), Launch> {
     let mut running =
         native::launch(plan, stage_exe, stdout, stderr, task.as_str()).map_err(Launch::Refused)?;
     let enforcement: Enforcement = running.started().map_err(Launch::Refused)?;
+    // The proxy serves the listener the stage opened inside the task's
+    // network namespace; if it cannot start, the task has no way out at all.
+    let egress = if prof.net.mode == NetMode::Proxy {
+        let listener = match running.take_listener() {
+            Ok(l) => l,
+            Err(e) => {
+                running.kill();
+                let _ = running.wait();
+                return Err(Launch::Refused(e));
+            }
+        };
+        let policy = proxy::Policy::new(&prof.net.allow, &prof.net.deny);
+        match proxy::start(listener, policy, resolver) {
+            Ok(h) => Some(h),
+            Err(source) => {
+                running.kill();
+                let _ = running.wait();
+                return Err(Launch::Refused(NativeError::Setup {
+                    what: "start the egress proxy".into(),
+                    source,
+                }));
+            }
+        }
+    } else {
+        None
+    };
     let start = AuditEvent::TaskStart {
         task: task.to_string(),
         agent,
@@ -530,9 +580,12 @@ fn launch_and_wait(
         // Nothing runs unaudited.
         running.kill();
         let _ = running.wait();
+        let _ = egress.map(proxy::ProxyHandle::stop);
         return Err(Launch::Audit(e));
     }
-    running.wait().map_err(Launch::Refused)
+    let outcome = running.wait().map_err(Launch::Refused);
+    let conns = egress.map(proxy::ProxyHandle::stop).unwrap_or_default();
+    outcome.map(|o| (o, conns))
 }
 
 /// Refuses what this build cannot enforce, before anything runs.
@@ -545,9 +598,6 @@ fn supported(p: &Profile, argv: &[String]) -> Result<(), ActionError> {
     };
     if p.backend == Backend::Wasm || argv.first().is_some_and(|a| a.ends_with(".wasm")) {
         return no("the WASM backend");
-    }
-    if p.net.mode == NetMode::Proxy {
-        return no("network mode \"proxy\" (the egress proxy)");
     }
     if !p.grants.is_empty() {
         return no("credential grants");

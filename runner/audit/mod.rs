@@ -144,6 +144,14 @@ pub enum AuditEvent {
         /// Who had approved it.
         approved_by: String,
     },
+    /// One connection through the egress proxy: host, port, resolved
+    /// address, decision and rule, bytes each way, duration.
+    Connection {
+        /// Task id.
+        task: String,
+        /// The proxy's record.
+        connection: Value,
+    },
     /// Old tasks were removed from the store.
     Pruned {
         /// How many.
@@ -170,7 +178,8 @@ impl AuditEvent {
             | AuditEvent::ApprovalRequested { task, .. }
             | AuditEvent::Approved { task, .. }
             | AuditEvent::Denied { task, .. }
-            | AuditEvent::ApprovalUsed { task, .. } => Some(task),
+            | AuditEvent::ApprovalUsed { task, .. }
+            | AuditEvent::Connection { task, .. } => Some(task),
             AuditEvent::LogRepaired { .. } | AuditEvent::Pruned { .. } => None,
         }
     }

@@ -6,11 +6,14 @@ pub struct ExecArgs {
     /// Descriptor of the socket carrying the plan.
     #[arg(long)]
     fd: i32,
+    /// Descriptor of the socket that carries descriptors back (the proxy listener).
+    #[arg(long)]
+    pass_fd: i32,
 }
 
 impl ExecArgs {
     /// Becomes the stage; never returns.
     pub fn execute(self) -> anyhow::Result<i32> {
-        crate::sandbox::native::stage_main(self.fd)
+        crate::sandbox::native::stage_main(self.fd, self.pass_fd)
     }
 }

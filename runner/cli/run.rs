@@ -65,6 +65,13 @@ impl RunArgs {
 }
 
 fn summarize(r: &RunReport, json: bool) {
+    if !r.denied_hosts.is_empty() {
+        eprintln!(
+            "taskbox: task {}: the egress proxy refused {}",
+            r.task,
+            r.denied_hosts.join(", ")
+        );
+    }
     if let Some(plan) = &r.plan {
         eprintln!("taskbox: task {} needs approval. The plan:\n{plan}", r.task);
     }

@@ -39,6 +39,7 @@ pub struct Running {
     cgroup: Option<PathBuf>,
     enforcement: Option<Enforcement>,
     timings: Timings,
+    pass: Option<UnixStream>,
 }
 
 /// Starts the stage and sends it the plan.
@@ -56,11 +57,17 @@ pub fn launch(
         what: "socketpair".into(),
         source,
     })?;
+    let (pass_ours, pass_theirs) = UnixStream::pair().map_err(|source| NativeError::Setup {
+        what: "socketpair".into(),
+        source,
+    })?;
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(stage_exe);
     cmd.arg("__exec")
         .arg("--fd")
         .arg(fd.to_string())
+        .arg("--pass-fd")
+        .arg(pass_theirs.as_raw_fd().to_string())
         .env_clear()
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -70,14 +77,17 @@ pub fn launch(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         set_cloexec(&theirs, false)?;
+        set_cloexec(&pass_theirs, false)?;
         let r = cmd.spawn();
         set_cloexec(&theirs, true)?;
+        set_cloexec(&pass_theirs, true)?;
         r.map_err(|source| NativeError::Spawn {
             exe: stage_exe.to_path_buf(),
             source,
         })?
     };
     drop(theirs);
+    drop(pass_theirs);
     let started_at = Instant::now();
     let mut running = Running {
         child,
@@ -89,6 +99,7 @@ pub fn launch(
         cgroup: None,
         enforcement: None,
         timings: Timings::default(),
+        pass: Some(pass_ours),
     };
     if let Some(max) = plan.spec.limits.processes
         && nix::unistd::getuid().is_root()
@@ -249,6 +260,44 @@ impl Running {
     /// pid of the launch stage.
     pub fn stage_pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The proxy listener the stage opened in the task's network namespace
+    /// (network mode proxy); call after [`Running::started`].
+    ///
+    /// # Errors
+    /// When the stage sent no listener.
+    pub fn take_listener(&mut self) -> Result<std::net::TcpListener, NativeError> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        let err = |m: &str| NativeError::Setup {
+            what: "receive the proxy listener".into(),
+            source: std::io::Error::other(m.to_owned()),
+        };
+        let pass = self.pass.take().ok_or_else(|| err("already taken"))?;
+        pass.set_nonblocking(true)
+            .map_err(|source| NativeError::Setup {
+                what: "receive the proxy listener".into(),
+                source,
+            })?;
+        let mut byte = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            pass.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| err(&e.to_string()))?;
+        for c in msg.cmsgs().map_err(|e| err(&e.to_string()))? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
+                && let Some(fd) = fds.first()
+            {
+                // SAFETY: the kernel just installed this descriptor for us; we own it.
+                return Ok(unsafe { std::net::TcpListener::from_raw_fd(*fd) });
+            }
+        }
+        Err(err("no descriptor in the message"))
     }
 
     /// Waits until the sandbox is in force and the command is being exec'd.

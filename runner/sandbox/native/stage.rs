@@ -60,6 +60,38 @@ pub enum StageMsg {
 }
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+/// Carries descriptors (the proxy listener) to the runner.
+static PASS: std::sync::OnceLock<UnixStream> = std::sync::OnceLock::new();
+
+/// Opens the proxy's listener on loopback inside the task's network namespace
+/// and hands it to the runner, which serves it: only this task can reach it.
+fn proxy_listener() -> Result<u16, NativeError> {
+    use std::os::fd::AsRawFd as _;
+    let err = |what: &str, source: std::io::Error| NativeError::Setup {
+        what: what.to_owned(),
+        source,
+    };
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err("proxy listener", e))?;
+    let port = l.local_addr().map_err(|e| err("proxy listener", e))?.port();
+    let pass = PASS.get().ok_or_else(|| {
+        err(
+            "proxy listener",
+            std::io::Error::other("no descriptor channel"),
+        )
+    })?;
+    let fds = [l.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"L")];
+    nix::sys::socket::sendmsg::<()>(
+        pass.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| err("pass the proxy listener", e.into()))?;
+    Ok(port)
+}
 static PHASES: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
 
 /// Records the end of a setup phase (single-threaded: fork copies the list).
@@ -116,7 +148,14 @@ impl Channel {
 }
 
 /// Entry point of `taskbox __exec --fd N`. Never returns.
-pub fn main(fd: RawFd) -> ! {
+pub fn main(fd: RawFd, pass_fd: RawFd) -> ! {
+    // SAFETY: the runner passed this descriptor number for our exclusive use.
+    let pass = unsafe { UnixStream::from_raw_fd(pass_fd) };
+    let _ = nix::fcntl::fcntl(
+        &pass,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let _ = PASS.set(pass);
     // SAFETY: the runner passed this descriptor number for our exclusive use.
     let sock = unsafe { UnixStream::from_raw_fd(fd) };
     let _ = nix::fcntl::fcntl(
@@ -225,6 +264,14 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
         }
     };
     mark("namespaces");
+    if isolation == Isolation::LandlockOnly && plan.spec.net.mode == NetMode::Proxy {
+        return Err((
+            126,
+            NativeError::Requirement {
+                missing: "network mode proxy needs a network namespace (so the proxy is the only way out), and namespaces are unavailable here".into(),
+            },
+        ));
+    }
     if isolation == Isolation::LandlockOnly && plan.overlay.is_some() {
         return Err((
             126,
@@ -427,6 +474,7 @@ fn init(
     hidden.extend(plan.hide.iter().cloned());
     let keep: Vec<PathBuf> = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
     let mut namespaces = Vec::new();
+    let mut proxy_port = None;
     if isolation == Isolation::Namespaces {
         setup(ns::build_view(&ns::MountPlan {
             mask_dirs: &plan.mask_sockets,
@@ -442,6 +490,9 @@ fn init(
         }))?;
         if spec.net.mode != NetMode::Host {
             setup(ns::loopback_up())?;
+        }
+        if spec.net.mode == NetMode::Proxy {
+            proxy_port = Some(setup(proxy_listener())?);
         }
         ns::set_hostname();
         namespaces = ns::NAMESPACES.iter().map(|s| (*s).to_owned()).collect();
@@ -505,7 +556,7 @@ fn init(
     let inet = spec.net.mode != NetMode::None;
     let filters = setup(seccomp::build(inet))?;
     mark("prepared");
-    let (exe, argv, envp) = exec_args(plan, &tmp).map_err(|e| (e.exit_code(), e))?;
+    let (exe, argv, envp) = exec_args(plan, &tmp, proxy_port).map_err(|e| (e.exit_code(), e))?;
 
     // SAFETY: single-threaded; the child only makes syscalls, then execs or exits.
     let child = match unsafe { fork() } {
@@ -626,9 +677,18 @@ type CArgs = (
 );
 
 /// Resolves the program on the task's PATH and builds argv and envp.
-fn exec_args(plan: &NativePlan, tmp: &std::path::Path) -> Result<CArgs, NativeError> {
+fn exec_args(
+    plan: &NativePlan,
+    tmp: &std::path::Path,
+    proxy_port: Option<u16>,
+) -> Result<CArgs, NativeError> {
     use std::ffi::CString;
     let mut env: Vec<(String, String)> = plan.spec.env.vars.clone();
+    if let Some(port) = proxy_port {
+        let vars = crate::proxy::proxy_env(port);
+        env.retain(|(k, _)| !vars.iter().any(|(n, _)| n == k));
+        env.extend(vars);
+    }
     if !env.iter().any(|(k, _)| k == "TMPDIR") {
         env.push(("TMPDIR".into(), tmp.to_string_lossy().into_owned()));
     }

@@ -1,0 +1,235 @@
+//! Egress by name: the per-task proxy is the only way out; every connection
+//! is decided, audited, and checked from outside by a loopback server.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{Mode, TestBox, run};
+
+/// A loopback HTTP server that counts the requests it saw; stops after 20 s.
+struct Server {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+fn server() -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if !buf.is_empty() {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Server { port, hits }
+}
+
+fn proxy_profile(t: &TestBox, allow: &str) -> String {
+    t.profile("egress", &format!("extends = \"explore\"\n[network]\nmode = \"proxy\"\nallow = [{allow}]\ndeny = [\"evil.test\"]\n"))
+}
+
+#[test]
+fn allowed_hosts_are_reached_over_http_and_connect_and_audited() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let s = server();
+        let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
+        let url = format!("http://127.0.0.1:{}/", s.port);
+        let r = t.sh(&p, &format!("curl -sS {url}; curl -sS -p {url}"));
+        r.code(0);
+        assert_eq!(r.stdout.matches("hello").count(), 2, "{r:?}");
+        assert_eq!(s.hits.load(Ordering::SeqCst), 2, "{m:?}");
+        let id = r.json()["task"].as_str().unwrap().to_owned();
+        let log = t.taskbox(&["audit", "query", "--task", &id]).stdout;
+        let conns: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"]["kind"] == "connection")
+            .map(|v| v["event"]["connection"].clone())
+            .collect();
+        assert_eq!(conns.len(), 2, "{log}");
+        assert_eq!(conns[0]["protocol"], "http");
+        assert_eq!(conns[1]["protocol"], "connect");
+        for c in &conns {
+            assert_eq!(c["decision"]["rule"], format!("127.0.0.1:{}", s.port));
+            assert_eq!(c["addr"], format!("127.0.0.1:{}", s.port));
+            assert!(
+                c["bytes_down"].as_u64().unwrap() > 0 && c["bytes_up"].as_u64().unwrap() > 0,
+                "{c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn denied_hosts_get_a_policy_answer_and_a_summary() {
+    let t = TestBox::new(Mode::Root);
+    let s = server();
+    let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
+    let r = t.sh(&p, "curl -sS -i http://evil.test/x; curl -sS -i http://other.test/; curl -sS -p https://other.test/ 2>&1 | head -2");
+    assert!(
+        r.stdout.contains("403 Forbidden") && r.stdout.contains("X-Taskbox-Denied: deny evil.test"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("taskbox: egress to other.test:80 denied by policy (not in the allow list)"),
+        "{r:?}"
+    );
+    let j = r.json();
+    let denied = j["denied_hosts"].to_string();
+    assert!(
+        denied.contains("evil.test:80") && denied.contains("other.test:443"),
+        "{j}"
+    );
+    assert!(
+        r.stderr.contains("the egress proxy refused"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.hits.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn nothing_goes_around_the_proxy() {
+    let t = TestBox::new(Mode::Root);
+    let s = server();
+    let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
+    let py = format!(
+        "import socket\n\
+         try:\n s=socket.create_connection(('127.0.0.1',{port}),timeout=2); s.send(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('RAW', s.recv(10))\nexcept Exception as e: print('raw refused', e)\n\
+         try:\n u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'x',('127.0.0.1',{port})); u.sendto(b'q',('8.8.8.8',53)); print('udp sent (into an empty namespace)')\nexcept Exception as e: print('udp refused', e)\n\
+         try:\n print('DNS', socket.gethostbyname('example.com'))\nexcept Exception as e: print('dns fails', e)\n",
+        port = s.port
+    );
+    let r = t.sh(
+        &p,
+        &format!(
+            "curl -sS --noproxy '*' -m 3 http://127.0.0.1:{}/ ; /usr/bin/python3 -c \"{}\"",
+            s.port,
+            py.replace('"', "\\\"")
+        ),
+    );
+    assert!(
+        !r.stdout.contains("hello") && !r.stdout.contains("RAW") && !r.stdout.contains("DNS"),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        s.hits.load(Ordering::SeqCst),
+        0,
+        "the server saw a connection that bypassed the proxy"
+    );
+}
+
+#[test]
+fn names_resolving_to_private_addresses_need_a_literal_entry() {
+    let t = TestBox::new(Mode::Root);
+    let s = server();
+    let resolve = "internal.test=127.0.0.1,meta.test=169.254.169.254";
+    let p = proxy_profile(&t, &format!("\"internal.test:{}\", \"meta.test\"", s.port));
+    let mut c = t.cmd(&[
+        "run",
+        "-p",
+        &p,
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!(
+            "curl -sS -i http://internal.test:{}/; curl -sS -i http://meta.test/",
+            s.port
+        ),
+    ]);
+    c.env("TASKBOX_TEST_RESOLVE", resolve);
+    let r = run(c);
+    assert!(
+        r.stdout.contains("private address: 127.0.0.1 is loopback"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("169.254.169.254 is link-local"), "{r:?}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 0);
+
+    let p = proxy_profile(
+        &t,
+        &format!("\"internal.test:{0}\", \"127.0.0.1:{0}\"", s.port),
+    );
+    let mut c = t.cmd(&[
+        "run",
+        "-p",
+        &p,
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("curl -sS http://internal.test:{}/", s.port),
+    ]);
+    c.env("TASKBOX_TEST_RESOLVE", resolve);
+    let r = run(c);
+    assert!(
+        r.stdout.contains("hello"),
+        "a literal entry must open exactly its address: {r:?}"
+    );
+    assert_eq!(s.hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn proxy_mode_without_namespaces_is_refused() {
+    let t = TestBox::new(Mode::RootNoNs);
+    let p = t.profile(
+        "px",
+        "extends = \"readonly\"\n[network]\nmode = \"proxy\"\nallow = [\"crates.io\"]\n",
+    );
+    let r = t.taskbox(&["run", "-p", &p, "--", "/bin/true"]);
+    r.code(126);
+    assert!(
+        r.stderr.contains("needs a network namespace"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn malformed_and_slow_clients_are_refused_and_others_still_served() {
+    let t = TestBox::new(Mode::Root);
+    let s = server();
+    let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
+    let py = format!(
+        "import os, socket, time\n\
+         port = int([v for k, v in os.environ.items() if k == 'HTTP_PROXY'][0].rsplit(':', 1)[1])\n\
+         bad = socket.create_connection(('127.0.0.1', port)); bad.send(b'NONSENSE\\r\\n\\r\\n'); print('bad:', bad.recv(100)[:24])\n\
+         big = socket.create_connection(('127.0.0.1', port)); big.send(b'GET http://x/ HTTP/1.1\\r\\n' + b'X: ' + b'a' * 20000 + b'\\r\\n\\r\\n'); print('big:', big.recv(100)[:24])\n\
+         slow = [socket.create_connection(('127.0.0.1', port)) for _ in range(50)]\n\
+         for c in slow: c.send(b'GET ')\n\
+         ok = socket.create_connection(('127.0.0.1', port)); ok.send(b'GET http://127.0.0.1:{}/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); print('ok:', ok.recv(100)[:15])\n",
+        s.port
+    );
+    let r = t.taskbox(&["run", "-p", &p, "--", "/usr/bin/python3", "-c", &py]);
+    r.code(0);
+    assert!(r.stdout.contains("bad: b'HTTP/1.1 400"), "{r:?}");
+    assert!(r.stdout.contains("big: b'HTTP/1.1 400"), "{r:?}");
+    assert!(r.stdout.contains("ok: b'HTTP/1.1 200 OK"), "{r:?}");
+}
