@@ -435,13 +435,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             record.lifecycle = Lifecycle::Ran { status };
             state.save(&record)?;
             let read_at = std::time::Instant::now();
-            let mut events: Vec<AuditEvent> = conns
-                .iter()
-                .map(|c| AuditEvent::Connection {
-                    task: task.to_string(),
-                    connection: serde_json::to_value(c).unwrap_or_default(),
-                })
-                .collect();
+            let mut events: Vec<AuditEvent> = Vec::new();
             let denied: Vec<String> = conns
                 .iter()
                 .filter(|c| matches!(c.decision, proxy::Decision::Deny { .. }))
@@ -540,32 +534,6 @@ fn launch_and_wait(
     let mut running =
         native::launch(plan, stage_exe, stdout, stderr, task.as_str()).map_err(Launch::Refused)?;
     let enforcement: Enforcement = running.started().map_err(Launch::Refused)?;
-    // The proxy serves the listener the stage opened inside the task's
-    // network namespace; if it cannot start, the task has no way out at all.
-    let egress = if prof.net.mode == NetMode::Proxy {
-        let listener = match running.take_listener() {
-            Ok(l) => l,
-            Err(e) => {
-                running.kill();
-                let _ = running.wait();
-                return Err(Launch::Refused(e));
-            }
-        };
-        let policy = proxy::Policy::new(&prof.net.allow, &prof.net.deny);
-        match proxy::start(listener, policy, resolver) {
-            Ok(h) => Some(h),
-            Err(source) => {
-                running.kill();
-                let _ = running.wait();
-                return Err(Launch::Refused(NativeError::Setup {
-                    what: "start the egress proxy".into(),
-                    source,
-                }));
-            }
-        }
-    } else {
-        None
-    };
     let start = AuditEvent::TaskStart {
         task: task.to_string(),
         agent,
@@ -580,12 +548,59 @@ fn launch_and_wait(
         // Nothing runs unaudited.
         running.kill();
         let _ = running.wait();
-        let _ = egress.map(proxy::ProxyHandle::stop);
         return Err(Launch::Audit(e));
     }
+    // The proxy serves the listener the stage opened inside the task's
+    // network namespace (connections wait in its backlog until then); if it
+    // cannot start, the task has no way out at all.
+    let egress = if prof.net.mode == NetMode::Proxy {
+        let listener = match running.take_listener() {
+            Ok(l) => l,
+            Err(e) => {
+                running.kill();
+                let _ = running.wait();
+                return Err(Launch::Refused(e));
+            }
+        };
+        let policy = proxy::Policy::new(&prof.net.allow, &prof.net.deny);
+        let recorder = Box::new(ConnAudit {
+            task: task.to_string(),
+            audit: audit.clone(),
+        });
+        match proxy::start(listener, policy, resolver, recorder) {
+            Ok(h) => Some(h),
+            Err(source) => {
+                running.kill();
+                let _ = running.wait();
+                return Err(Launch::Refused(NativeError::Setup {
+                    what: "start the egress proxy".into(),
+                    source,
+                }));
+            }
+        }
+    } else {
+        None
+    };
     let outcome = running.wait().map_err(Launch::Refused);
     let conns = egress.map(proxy::ProxyHandle::stop).unwrap_or_default();
     outcome.map(|o| (o, conns))
+}
+
+/// Writes each proxied connection to the audit log as it ends.
+struct ConnAudit {
+    task: String,
+    audit: AuditSink,
+}
+
+impl proxy::Recorder for ConnAudit {
+    fn record(&self, rec: &proxy::ConnRecord) {
+        // A record that cannot be written is not fatal to the connection;
+        // the summary still lists every denied host.
+        let _ = self.audit.append(AuditEvent::Connection {
+            task: self.task.clone(),
+            connection: serde_json::to_value(rec).unwrap_or_default(),
+        });
+    }
 }
 
 /// Refuses what this build cannot enforce, before anything runs.

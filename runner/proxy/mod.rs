@@ -10,30 +10,50 @@ mod policy;
 mod server;
 
 pub use policy::{Decision, DenyReason, HostPattern, Policy, special};
-pub use server::{ConnRecord, ProxyHandle, Resolver, start};
+pub use server::{ConnRecord, Protocol, ProxyHandle, Recorder, Resolver, start};
 
-/// Environment that points the task's tools at the proxy on `port`.
-pub fn proxy_env(port: u16) -> Vec<(String, String)> {
-    let url = format!("http://127.0.0.1:{port}");
+/// Environment that points the task's tools at the proxy on `port`: HTTP(S)
+/// through it as an HTTP proxy, everything else (`ALL_PROXY`) as SOCKS5 with
+/// names resolved by the proxy. `allow` is the profile's allow list.
+pub fn proxy_env(port: u16, allow: &[String]) -> Vec<(String, String)> {
+    let http = format!("http://127.0.0.1:{port}");
+    let socks = format!("socks5h://127.0.0.1:{port}");
     let mut v = Vec::new();
-    for k in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
+    for (k, url) in [
+        ("HTTP_PROXY", &http),
+        ("HTTPS_PROXY", &http),
+        ("ALL_PROXY", &socks),
     ] {
         v.push((k.to_owned(), url.clone()));
+        v.push((k.to_ascii_lowercase(), url.clone()));
     }
-    // Nothing goes around the proxy: the namespace has no other way out anyway.
-    v.push(("NO_PROXY".into(), String::new()));
-    v.push(("no_proxy".into(), String::new()));
+    // Loopback here is the task's own (its network namespace), so talking to
+    // a server the task started itself needs no proxy and reaches nothing of
+    // the host's; private ranges have no route at all. Nothing else bypasses.
+    // When the profile allows a loopback service of the host, loopback goes
+    // through the proxy instead, or that service could not be reached.
+    let host_loopback = allow
+        .iter()
+        .filter_map(|a| HostPattern::parse(a))
+        .any(|p| p.is_loopback_literal());
+    let local = if host_loopback {
+        String::new()
+    } else {
+        "localhost,127.0.0.1,::1".to_owned()
+    };
+    v.push(("NO_PROXY".into(), local.clone()));
+    v.push(("no_proxy".into(), local));
+    // For scripts and ssh's ProxyCommand (`nc -X 5 -x $TASKBOX_PROXY %h %p`).
+    v.push(("TASKBOX_PROXY".into(), format!("127.0.0.1:{port}")));
     // Node's fetch ignores HTTP(S)_PROXY without this; the JVM reads its own properties.
     v.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
     v.push((
         "JAVA_TOOL_OPTIONS".into(),
-        format!("-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort={port} -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={port}"),
+        format!(
+            "-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort={port} \
+             -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={port} \
+             -Dhttp.nonProxyHosts=localhost|127.0.0.1"
+        ),
     ));
     v
 }

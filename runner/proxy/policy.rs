@@ -59,6 +59,16 @@ impl HostPattern {
         }
     }
 
+    /// Whether this entry is `localhost` or a literal loopback address.
+    pub fn is_loopback_literal(&self) -> bool {
+        !self.wildcard
+            && (self.host == "localhost"
+                || self
+                    .host
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| canonical(ip).is_loopback()))
+    }
+
     /// Whether this entry names `ip` literally (or is `localhost` and `ip` is loopback).
     fn names_ip(&self, ip: IpAddr, port: u16) -> bool {
         if !self.matches_port(port) || self.wildcard {
@@ -84,6 +94,9 @@ pub enum DenyReason {
     /// The name resolved to a loopback, private, link-local or metadata
     /// address that no literal `allow` entry names.
     PrivateAddress(String),
+    /// The request asked for something the proxy does not do (a SOCKS5
+    /// BIND or UDP ASSOCIATE, say).
+    Unsupported(String),
 }
 
 /// The verdict on one connection.

@@ -1,12 +1,16 @@
-//! The proxy's I/O: HTTP CONNECT (TLS passes through untouched) and
-//! plain-HTTP forwarding on a listener that lives in the task's own network
-//! namespace. It resolves names itself, checks the addresses, and connects to
-//! the address it checked.
+//! The proxy's I/O on a listener that lives in the task's own network
+//! namespace: HTTP CONNECT (TLS passes through untouched), plain-HTTP
+//! forwarding, and SOCKS5 CONNECT for other TCP, told apart by the first
+//! byte. It resolves names itself, checks the addresses, and connects to the
+//! address it checked.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fast_socks5::server::Socks5ServerProtocol;
+use fast_socks5::util::target_addr::TargetAddr;
+use fast_socks5::{ReplyError, Socks5Command};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,12 +19,27 @@ use super::policy::{Decision, DenyReason, Policy};
 
 /// Largest request head accepted (request line + headers).
 const MAX_HEAD: usize = 16 * 1024;
-/// A client must send its whole head within this (slow-loris guard).
+/// A client must send its whole head (or SOCKS handshake) within this (slow-loris guard).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once per task; more wait in the kernel's backlog.
+/// Each costs two 8 KiB copy buffers and a head buffer: about 5 MiB at most.
 const MAX_CONNECTIONS: usize = 256;
+/// First byte of a SOCKS5 greeting.
+const SOCKS5: u8 = 0x05;
+
+/// How the task asked for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Plain HTTP forwarding of an absolute `http://` URL.
+    Http,
+    /// HTTP CONNECT tunnel (TLS passes through).
+    Connect,
+    /// SOCKS5 CONNECT.
+    Socks5,
+}
 
 /// One connection, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,16 +50,25 @@ pub struct ConnRecord {
     pub port: u16,
     /// The address connected to (after the check), if any.
     pub addr: Option<String>,
-    /// `connect` or `http`.
-    pub protocol: String,
+    /// How it was asked for.
+    pub protocol: Protocol,
     /// The verdict.
     pub decision: Decision,
+    /// Why an allowed connection still failed (unreachable, refused), if it did.
+    pub error: Option<String>,
     /// Bytes from the task to the server.
     pub bytes_up: u64,
     /// Bytes from the server to the task.
     pub bytes_down: u64,
     /// Milliseconds the connection lasted.
     pub duration_ms: u64,
+}
+
+/// Told about every connection when it ends; `action` writes it to the audit
+/// log while the task still runs, so a killed runner loses no finished one.
+pub trait Recorder: Send + Sync {
+    /// One connection ended (or was refused).
+    fn record(&self, rec: &ConnRecord);
 }
 
 /// How names resolve: the system resolver, or (tests only) a fixed map that
@@ -52,6 +80,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// The system resolver, unless `spec` (`name=ip,name=ip`) maps names.
+    /// With a map, names outside it do not resolve at all.
     pub fn from_spec(spec: Option<&str>) -> Self {
         let fixed = spec
             .unwrap_or("")
@@ -69,14 +98,13 @@ impl Resolver {
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return vec![SocketAddr::new(ip, port)];
         }
-        let fixed: Vec<SocketAddr> = self
-            .fixed
-            .iter()
-            .filter(|(n, _)| n == host)
-            .map(|(_, ip)| SocketAddr::new(*ip, port))
-            .collect();
-        if !fixed.is_empty() || !self.fixed.is_empty() {
-            return fixed;
+        if !self.fixed.is_empty() {
+            return self
+                .fixed
+                .iter()
+                .filter(|(n, _)| n == host)
+                .map(|(_, ip)| SocketAddr::new(*ip, port))
+                .collect();
         }
         tokio::net::lookup_host((host, port))
             .await
@@ -106,6 +134,14 @@ impl ProxyHandle {
     }
 }
 
+/// What a serving task shares.
+struct Shared {
+    policy: Policy,
+    resolver: Resolver,
+    recorder: Box<dyn Recorder>,
+    records: Arc<Mutex<Vec<ConnRecord>>>,
+}
+
 /// Serves `listener` (in the task's network namespace) on a thread of its own.
 ///
 /// # Errors
@@ -114,6 +150,7 @@ pub fn start(
     listener: std::net::TcpListener,
     policy: Policy,
     resolver: Resolver,
+    recorder: Box<dyn Recorder>,
 ) -> std::io::Result<ProxyHandle> {
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -122,35 +159,55 @@ pub fn start(
         .build()?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let records = Arc::new(Mutex::new(Vec::new()));
-    let recs = Arc::clone(&records);
-    let thread = std::thread::Builder::new().name("taskbox-proxy".into()).spawn(move || {
-        rt.block_on(async move {
-            let Ok(listener) = TcpListener::from_std(listener) else { return };
-            let policy = Arc::new(policy);
-            let resolver = Arc::new(resolver);
-            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-            let mut tasks = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = stopped.changed() => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { break };
-                        let (p, r, recs) = (Arc::clone(&policy), Arc::clone(&resolver), Arc::clone(&recs));
-                        tasks.spawn(async move {
-                            if let Some(rec) = serve(stream, &p, &r).await
-                                && let Ok(mut v) = recs.lock()
-                            {
-                                v.push(rec);
-                            }
-                            drop(permit);
-                        });
-                    }
+    let shared = Arc::new(Shared {
+        policy,
+        resolver,
+        recorder,
+        records: Arc::clone(&records),
+    });
+    let thread = std::thread::Builder::new()
+        .name("taskbox-proxy".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+                let mut tasks = tokio::task::JoinSet::new();
+                loop {
+                    // A slot first, so a flood waits in the backlog, not in memory.
+                    let permit = tokio::select! {
+                        _ = stopped.changed() => break,
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                    let stream = tokio::select! {
+                        _ = stopped.changed() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((s, _)) => s,
+                            Err(_) => continue,
+                        },
+                    };
+                    let shared = Arc::clone(&shared);
+                    tasks.spawn(async move {
+                        if let Some(rec) = serve(stream, &shared.policy, &shared.resolver).await {
+                            shared.recorder.record(&rec);
+                            shared
+                                .records
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(rec);
+                        }
+                        drop(permit);
+                    });
+                    // Reap finished connections so the set does not grow.
+                    while tasks.try_join_next().is_some() {}
                 }
-            }
-            tasks.shutdown().await;
-        });
-    })?;
+                tasks.shutdown().await;
+            });
+        })?;
     Ok(ProxyHandle {
         stop,
         thread,
@@ -207,9 +264,161 @@ fn deny_text(d: &Decision) -> String {
     }
 }
 
+/// Where an HTTP request wants to go.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    /// Origin-form path for forwarded requests; empty for CONNECT.
+    path: String,
+}
+
+/// Parses a CONNECT authority or an absolute `http://` URL; `Err` is the
+/// reason given to the client.
+fn parse_target(connect: bool, target: &str) -> Result<Target, &'static str> {
+    let split_port =
+        |authority: &str, default: Option<u16>| -> Result<(String, u16), &'static str> {
+            let bad = "taskbox proxy: bad host:port in the request\n";
+            let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+                let (ip, after) = rest.split_once(']').ok_or(bad)?;
+                let port = match after.strip_prefix(':') {
+                    Some(p) => p.parse().map_err(|_| bad)?,
+                    None if after.is_empty() => default.ok_or(bad)?,
+                    None => return Err(bad),
+                };
+                (format!("[{ip}]"), port)
+            } else {
+                match authority.rsplit_once(':') {
+                    Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad)?),
+                    None => (authority.to_owned(), default.ok_or(bad)?),
+                }
+            };
+            if host.is_empty() || host.contains(['@', '/', ' ']) {
+                return Err(bad);
+            }
+            Ok((host.to_ascii_lowercase(), port))
+        };
+    if connect {
+        let (host, port) = split_port(target, None)?;
+        return Ok(Target {
+            host,
+            port,
+            path: String::new(),
+        });
+    }
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| {
+            target
+                .get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("http://"))
+                .map(|_| &target[7..])
+        })
+        .ok_or("taskbox proxy: only absolute http:// URLs, CONNECT and SOCKS5 are proxied\n")?;
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (host, port) = split_port(authority, Some(80))?;
+    let path = match path {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    Ok(Target { host, port, path })
+}
+
+/// Why an allowed-by-name connection did not happen.
+enum Unreached {
+    /// Policy (the name's addresses) refused it.
+    Denied,
+    /// The upstream could not be reached.
+    Failed(String),
+}
+
+/// Decides, resolves, checks the addresses and connects to a checked one.
+/// Fills in the record's decision and address.
+async fn reach(
+    rec: &mut ConnRecord,
+    policy: &Policy,
+    resolver: &Resolver,
+) -> Result<TcpStream, Unreached> {
+    if let Decision::Deny { .. } = rec.decision {
+        return Err(Unreached::Denied);
+    }
+    let addrs = resolver.resolve(&rec.host, rec.port).await;
+    if addrs.is_empty() {
+        rec.error = Some(format!("{} did not resolve", rec.host));
+        return Err(Unreached::Failed(format!("{} did not resolve", rec.host)));
+    }
+    let mut refusal = None;
+    let checked: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| match policy.check_addr(a.ip(), rec.port) {
+            Ok(()) => true,
+            Err(d) => {
+                refusal.get_or_insert(d);
+                false
+            }
+        })
+        .collect();
+    let Some(addr) = checked.first().copied() else {
+        if let Some(d) = refusal {
+            rec.decision = d;
+        }
+        return Err(Unreached::Denied);
+    };
+    rec.addr = Some(addr.to_string());
+    // Connect to the address that was checked: no second resolution.
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => {
+            rec.error = Some(format!("connect to {addr}: {e}"));
+            Err(Unreached::Failed(format!("cannot connect to {addr}: {e}")))
+        }
+        Err(_) => {
+            rec.error = Some(format!("connect to {addr}: timed out"));
+            Err(Unreached::Failed(format!(
+                "cannot connect to {addr}: timed out"
+            )))
+        }
+    }
+}
+
+fn new_record(host: String, port: u16, protocol: Protocol, policy: &Policy) -> ConnRecord {
+    ConnRecord {
+        decision: policy.decide(&host, port),
+        host,
+        port,
+        addr: None,
+        protocol,
+        error: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0,
+    }
+}
+
 /// Serves one client connection.
-async fn serve(mut client: TcpStream, policy: &Policy, resolver: &Resolver) -> Option<ConnRecord> {
+async fn serve(client: TcpStream, policy: &Policy, resolver: &Resolver) -> Option<ConnRecord> {
     let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HEAD_TIMEOUT, client.peek(&mut first)).await;
+    let mut rec = match peeked {
+        Ok(Ok(1)) if first[0] == SOCKS5 => serve_socks(client, policy, resolver).await?,
+        Ok(Ok(1)) => serve_http(client, policy, resolver).await?,
+        _ => return None,
+    };
+    rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Some(rec)
+}
+
+async fn serve_http(
+    mut client: TcpStream,
+    policy: &Policy,
+    resolver: &Resolver,
+) -> Option<ConnRecord> {
     let Some((buf, end)) = read_head(&mut client).await else {
         respond(
             &mut client,
@@ -233,104 +442,46 @@ async fn serve(mut client: TcpStream, policy: &Policy, resolver: &Resolver) -> O
         return None;
     }
     let method = req.method.unwrap_or("").to_owned();
-    let target = req.path.unwrap_or("").to_owned();
     let connect = method.eq_ignore_ascii_case("CONNECT");
-    let (host, port, origin_path) = if connect {
-        let (h, p) = target.rsplit_once(':')?;
-        (h.to_ascii_lowercase(), p.parse().ok()?, String::new())
+    let target = match parse_target(connect, req.path.unwrap_or("")) {
+        Ok(t) => t,
+        Err(why) => {
+            respond(&mut client, "400 Bad Request", None, why).await;
+            return None;
+        }
+    };
+    let protocol = if connect {
+        Protocol::Connect
     } else {
-        let Some(rest) = target.strip_prefix("http://") else {
+        Protocol::Http
+    };
+    let mut rec = new_record(target.host.clone(), target.port, protocol, policy);
+    let mut upstream = match reach(&mut rec, policy, resolver).await {
+        Ok(s) => s,
+        Err(Unreached::Denied) => {
+            let why = deny_text(&rec.decision);
             respond(
                 &mut client,
-                "400 Bad Request",
-                None,
-                "taskbox proxy: only absolute http:// URLs and CONNECT are proxied\n",
+                "403 Forbidden",
+                Some(&why),
+                &format!(
+                    "taskbox: egress to {}:{} denied by policy ({why})\n",
+                    rec.host, rec.port
+                ),
             )
             .await;
-            return None;
-        };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (h, p) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                (h, p.parse().unwrap_or(80))
-            }
-            _ => (authority, 80),
-        };
-        (
-            h.to_ascii_lowercase(),
-            p,
-            if path.is_empty() {
-                "/".to_owned()
-            } else {
-                path.to_owned()
-            },
-        )
-    };
-    let mut rec = ConnRecord {
-        host: host.clone(),
-        port,
-        addr: None,
-        protocol: if connect { "connect" } else { "http" }.into(),
-        decision: policy.decide(&host, port),
-        bytes_up: 0,
-        bytes_down: 0,
-        duration_ms: 0,
-    };
-    let finish = |mut r: ConnRecord| {
-        r.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Some(r)
-    };
-    if let Decision::Deny { .. } = &rec.decision {
-        let why = deny_text(&rec.decision);
-        respond(
-            &mut client,
-            "403 Forbidden",
-            Some(&why),
-            &format!("taskbox: egress to {host}:{port} denied by policy ({why})\n"),
-        )
-        .await;
-        return finish(rec);
-    }
-    let addrs = resolver.resolve(&host, port).await;
-    let mut refusal = None;
-    let checked: Vec<SocketAddr> = addrs
-        .into_iter()
-        .filter(|a| match policy.check_addr(a.ip(), port) {
-            Ok(()) => true,
-            Err(d) => {
-                refusal = Some(d);
-                false
-            }
-        })
-        .collect();
-    let Some(addr) = checked.first().copied() else {
-        rec.decision = refusal.unwrap_or(Decision::Deny {
-            rule: None,
-            reason: DenyReason::PrivateAddress(format!("{host} did not resolve")),
-        });
-        let why = deny_text(&rec.decision);
-        respond(
-            &mut client,
-            "403 Forbidden",
-            Some(&why),
-            &format!("taskbox: egress to {host}:{port} denied by policy ({why})\n"),
-        )
-        .await;
-        return finish(rec);
-    };
-    rec.addr = Some(addr.to_string());
-    // Connect to the address that was checked: no second resolution.
-    let Ok(Ok(mut upstream)) =
-        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-    else {
-        respond(
-            &mut client,
-            "502 Bad Gateway",
-            None,
-            &format!("taskbox proxy: cannot connect to {addr}\n"),
-        )
-        .await;
-        return finish(rec);
+            return Some(rec);
+        }
+        Err(Unreached::Failed(why)) => {
+            respond(
+                &mut client,
+                "502 Bad Gateway",
+                None,
+                &format!("taskbox proxy: {why}\n"),
+            )
+            .await;
+            return Some(rec);
+        }
     };
     if connect {
         if client
@@ -338,13 +489,14 @@ async fn serve(mut client: TcpStream, policy: &Policy, resolver: &Resolver) -> O
             .await
             .is_err()
         {
-            return finish(rec);
+            return Some(rec);
         }
     } else {
-        let mut head = format!("{method} {origin_path} HTTP/1.1\r\n");
+        let mut head = format!("{method} {} HTTP/1.1\r\n", target.path);
         for h in req.headers.iter() {
             let name = h.name.to_ascii_lowercase();
-            if name.starts_with("proxy-") || name == "connection" {
+            // Hop-by-hop headers stay between the task and the proxy.
+            if name.starts_with("proxy-") || name == "connection" || name == "keep-alive" {
                 continue;
             }
             head.push_str(h.name);
@@ -354,7 +506,7 @@ async fn serve(mut client: TcpStream, policy: &Policy, resolver: &Resolver) -> O
         }
         head.push_str("Connection: close\r\n\r\n");
         if upstream.write_all(head.as_bytes()).await.is_err() {
-            return finish(rec);
+            return Some(rec);
         }
         rec.bytes_up += head.len() as u64;
     }
@@ -362,9 +514,109 @@ async fn serve(mut client: TcpStream, policy: &Policy, resolver: &Resolver) -> O
         let _ = upstream.write_all(&buf[end..]).await;
         rec.bytes_up += (buf.len() - end) as u64;
     }
+    drop(buf);
     if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         rec.bytes_up += up;
         rec.bytes_down += down;
     }
-    finish(rec)
+    Some(rec)
+}
+
+async fn serve_socks(
+    client: TcpStream,
+    policy: &Policy,
+    resolver: &Resolver,
+) -> Option<ConnRecord> {
+    let handshake = async {
+        let proto = Socks5ServerProtocol::accept_no_auth(client).await.ok()?;
+        proto.read_command().await.ok()
+    };
+    let (proto, cmd, target) = tokio::time::timeout(HEAD_TIMEOUT, handshake).await.ok()??;
+    let (host, port) = match target {
+        TargetAddr::Ip(sa) => (
+            match sa.ip() {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                IpAddr::V4(v4) => v4.to_string(),
+            },
+            sa.port(),
+        ),
+        TargetAddr::Domain(h, p) => (h.to_ascii_lowercase(), p),
+    };
+    let mut rec = new_record(host, port, Protocol::Socks5, policy);
+    if cmd != Socks5Command::TCPConnect {
+        rec.decision = Decision::Deny {
+            rule: None,
+            reason: DenyReason::Unsupported(format!("SOCKS5 command {cmd:?}")),
+        };
+        let _ = proto.reply_error(&ReplyError::CommandNotSupported).await;
+        return Some(rec);
+    }
+    let mut upstream = match reach(&mut rec, policy, resolver).await {
+        Ok(s) => s,
+        Err(Unreached::Denied) => {
+            let _ = proto.reply_error(&ReplyError::ConnectionNotAllowed).await;
+            return Some(rec);
+        }
+        Err(Unreached::Failed(_)) => {
+            let _ = proto.reply_error(&ReplyError::HostUnreachable).await;
+            return Some(rec);
+        }
+    };
+    let bound = upstream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut client = proto.reply_success(bound).await.ok()?;
+    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        rec.bytes_up += up;
+        rec.bytes_down += down;
+    }
+    Some(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(host: &str, port: u16, path: &str) -> Result<Target, &'static str> {
+        Ok(Target {
+            host: host.into(),
+            port,
+            path: path.into(),
+        })
+    }
+
+    #[test]
+    fn connect_targets_need_a_port() {
+        assert_eq!(
+            parse_target(true, "Example.COM:443"),
+            t("example.com", 443, "")
+        );
+        assert_eq!(parse_target(true, "[::1]:8443"), t("[::1]", 8443, ""));
+        assert!(parse_target(true, "example.com").is_err());
+        assert!(parse_target(true, "example.com:https").is_err());
+        assert!(parse_target(true, ":443").is_err());
+        assert!(parse_target(true, "[::1]").is_err());
+    }
+
+    #[test]
+    fn absolute_urls_default_to_port_80_and_keep_the_path() {
+        assert_eq!(
+            parse_target(false, "http://a.test/x?y=1"),
+            t("a.test", 80, "/x?y=1")
+        );
+        assert_eq!(
+            parse_target(false, "HTTP://a.test:8080"),
+            t("a.test", 8080, "/")
+        );
+        assert_eq!(
+            parse_target(false, "http://a.test?q"),
+            t("a.test", 80, "/?q")
+        );
+        assert_eq!(parse_target(false, "http://[::1]/"), t("[::1]", 80, "/"));
+        assert!(parse_target(false, "/relative").is_err());
+        assert!(parse_target(false, "https://a.test/").is_err());
+        // userinfo could smuggle a different host past a naive parser
+        assert!(parse_target(false, "http://allowed.test@evil.test/").is_err());
+        assert!(parse_target(false, "http://a.test:99999/").is_err());
+    }
 }

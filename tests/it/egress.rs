@@ -233,3 +233,188 @@ fn malformed_and_slow_clients_are_refused_and_others_still_served() {
     assert!(r.stdout.contains("big: b'HTTP/1.1 400"), "{r:?}");
     assert!(r.stdout.contains("ok: b'HTTP/1.1 200 OK"), "{r:?}");
 }
+
+/// A loopback static file server over `dir` (GET only, query ignored, 404
+/// otherwise) that counts requests; stops after 30 s.
+fn file_server(dir: std::path::PathBuf) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            let Some(path) = head.split_whitespace().nth(1) else {
+                continue;
+            };
+            h.fetch_add(1, Ordering::SeqCst);
+            let path = path
+                .split('?')
+                .next()
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            let file = dir.join(path);
+            let resp = match std::fs::read(&file) {
+                Ok(body) if !path.contains("..") && file.is_file() => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend(body);
+                    r
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = s.write_all(&resp);
+        }
+    });
+    Server { port, hits }
+}
+
+#[test]
+fn git_clone_over_http_through_an_allowed_entry() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        // A bare repository served over git's "dumb" HTTP protocol.
+        let srv = t.root.join("srv");
+        std::fs::create_dir_all(&srv).unwrap();
+        let git = |args: &[&str], dir: &std::path::Path| {
+            let st = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .output()
+                .unwrap();
+            assert!(st.status.success(), "git {args:?}: {st:?}");
+        };
+        let src = t.root.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("README"), "cloned through the proxy\n").unwrap();
+        git(&["init", "-q", "-b", "main"], &src);
+        git(&["add", "README"], &src);
+        git(&["commit", "-q", "-m", "one"], &src);
+        git(
+            &["clone", "-q", "--bare", src.to_str().unwrap(), "repo.git"],
+            &srv,
+        );
+        git(&["update-server-info"], &srv.join("repo.git"));
+        let s = file_server(srv);
+        // By name, as a user would write it; the test resolver maps the name.
+        let p = proxy_profile(&t, &format!("\"git.test:{0}\", \"127.0.0.1:{0}\"", s.port));
+        let mut c = t.cmd(&[
+            "run",
+            "-p",
+            &p,
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!(
+                "git clone -q http://git.test:{}/repo.git clone && cat clone/README",
+                s.port
+            ),
+        ]);
+        c.env("TASKBOX_TEST_RESOLVE", "git.test=127.0.0.1");
+        let r = run(c);
+        r.code(0);
+        assert!(r.stdout.contains("cloned through the proxy"), "{m:?} {r:?}");
+        assert!(s.hits.load(Ordering::SeqCst) >= 3, "{m:?}");
+        // The clone landed in the task's overlay, not in the real workspace.
+        assert!(!t.ws.join("clone").exists());
+    }
+}
+
+#[test]
+fn socks5_reaches_allowed_hosts_only() {
+    let t = TestBox::new(Mode::User);
+    let s = server();
+    let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
+    // ALL_PROXY is socks5h://: curl uses it for what no other variable covers;
+    // here it is asked for explicitly.
+    let r = t.sh(
+        &p,
+        &format!(
+            "curl -sS -x \"$ALL_PROXY\" http://127.0.0.1:{0}/ ; \
+             curl -sS -m 5 -x \"socks5h://$TASKBOX_PROXY\" http://evil.test:{0}/ 2>&1; \
+             curl -sS -m 5 -x \"socks5://$TASKBOX_PROXY\" http://127.0.0.2:{0}/ 2>&1; echo",
+            s.port
+        ),
+    );
+    assert_eq!(r.stdout.matches("hello").count(), 1, "{r:?}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 1);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let log = t.taskbox(&["audit", "query", "--task", &id]).stdout;
+    let socks: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"]["kind"] == "connection")
+        .map(|v| v["event"]["connection"].clone())
+        .filter(|c| c["protocol"] == "socks5")
+        .collect();
+    assert_eq!(socks.len(), 3, "{log}");
+    assert_eq!(socks[0]["decision"]["decision"], "allow");
+    assert_eq!(socks[1]["host"], "evil.test");
+    assert_eq!(socks[1]["decision"]["reason"]["reason"], "deny-listed");
+    assert_eq!(socks[2]["decision"]["reason"]["reason"], "not-allowed");
+}
+
+#[test]
+fn ipv6_loopback_literal_entries_work_and_others_do_not() {
+    let Ok(l) = TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIP ipv6_loopback_literal_entries_work_and_others_do_not: no ::1 on this host");
+        return;
+    };
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok((mut s, _)) = l.accept() {
+                h.fetch_add(1, Ordering::SeqCst);
+                s.set_nonblocking(false).unwrap();
+                let mut b = [0u8; 512];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nv6\n",
+                );
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let t = TestBox::new(Mode::Root);
+    let p = proxy_profile(&t, &format!("\"[::1]:{port}\""));
+    let r = t.sh(
+        &p,
+        &format!(
+            "curl -sS -p http://[::1]:{port}/; curl -sS -i -p http://[::ffff:7f00:1]:{port}/ 2>&1; \
+             curl -sS -i http://[::1]:{}/ 2>&1",
+            port + 1
+        ),
+    );
+    assert!(r.stdout.contains("v6"), "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "{r:?}");
+    assert!(r.stdout.contains("denied by policy"), "{r:?}");
+}

@@ -685,7 +685,7 @@ fn exec_args(
     use std::ffi::CString;
     let mut env: Vec<(String, String)> = plan.spec.env.vars.clone();
     if let Some(port) = proxy_port {
-        let vars = crate::proxy::proxy_env(port);
+        let vars = crate::proxy::proxy_env(port, &plan.spec.net.allow);
         env.retain(|(k, _)| !vars.iter().any(|(n, _)| n == k));
         env.extend(vars);
     }
