@@ -563,11 +563,14 @@ fn launch_and_wait(
             }
         };
         let policy = proxy::Policy::new(&prof.net.allow, &prof.net.deny);
-        let recorder = Box::new(ConnAudit {
-            task: task.to_string(),
-            audit: audit.clone(),
+        let started = crate::audit::Writer::spawn(audit.clone()).and_then(|writer| {
+            let recorder = Box::new(ConnAudit {
+                task: task.to_string(),
+                tx: writer.sender(),
+            });
+            proxy::start(listener, policy, resolver, recorder).map(|h| (h, writer))
         });
-        match proxy::start(listener, policy, resolver, recorder) {
+        match started {
             Ok(h) => Some(h),
             Err(source) => {
                 running.kill();
@@ -582,21 +585,30 @@ fn launch_and_wait(
         None
     };
     let outcome = running.wait().map_err(Launch::Refused);
-    let conns = egress.map(proxy::ProxyHandle::stop).unwrap_or_default();
+    let conns = match egress {
+        Some((proxy, writer)) => {
+            let conns = proxy.stop();
+            // Every connection record lands before the task's end record.
+            writer.finish().map_err(Launch::Audit)?;
+            conns
+        }
+        None => Vec::new(),
+    };
     outcome.map(|o| (o, conns))
 }
 
-/// Writes each proxied connection to the audit log as it ends.
+/// Sends each proxied connection to the audit writer as it ends.
 struct ConnAudit {
     task: String,
-    audit: AuditSink,
+    tx: std::sync::mpsc::Sender<AuditEvent>,
 }
 
 impl proxy::Recorder for ConnAudit {
     fn record(&self, rec: &proxy::ConnRecord) {
-        // A record that cannot be written is not fatal to the connection;
-        // the summary still lists every denied host.
-        let _ = self.audit.append(AuditEvent::Connection {
+        // The writer outlives the proxy (`finish` runs after `stop`), so a
+        // send only fails if the writer thread died; its error is reported
+        // by `finish` and fails the task's audit.
+        let _ = self.tx.send(AuditEvent::Connection {
             task: self.task.clone(),
             connection: serde_json::to_value(rec).unwrap_or_default(),
         });

@@ -554,6 +554,58 @@ impl Sink {
     }
 }
 
+/// Appends events from a background thread, batching what queues up under
+/// one lock, so a hot path (the egress proxy) never waits on the log.
+/// `finish` waits until everything sent is written, in order.
+pub struct Writer {
+    tx: std::sync::mpsc::Sender<AuditEvent>,
+    thread: std::thread::JoinHandle<Result<(), AuditError>>,
+}
+
+impl Writer {
+    /// Starts the writer thread for `sink`.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn(sink: Sink) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<AuditEvent>();
+        let thread = std::thread::Builder::new()
+            .name("taskbox-audit".into())
+            .spawn(move || {
+                let mut first_error = Ok(());
+                while let Ok(ev) = rx.recv() {
+                    let mut batch = vec![ev];
+                    batch.extend(rx.try_iter());
+                    if let Err(e) = sink.append_all(batch)
+                        && first_error.is_ok()
+                    {
+                        first_error = Err(e);
+                    }
+                }
+                first_error
+            })?;
+        Ok(Self { tx, thread })
+    }
+
+    /// A handle to send events with; cheap to clone.
+    pub fn sender(&self) -> std::sync::mpsc::Sender<AuditEvent> {
+        self.tx.clone()
+    }
+
+    /// Waits until every event sent (by any sender, once all are dropped) is written.
+    ///
+    /// # Errors
+    /// The first append that failed.
+    pub fn finish(self) -> Result<(), AuditError> {
+        drop(self.tx);
+        self.thread.join().unwrap_or_else(|_| {
+            Err(AuditError::Encode(serde_json::Error::io(
+                std::io::Error::other("the audit writer thread panicked"),
+            )))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
