@@ -118,11 +118,16 @@ fn denied_hosts_get_a_policy_answer_and_a_summary() {
 fn nothing_goes_around_the_proxy() {
     let t = TestBox::new(Mode::Root);
     let s = server();
+    // A host UDP listener on loopback: the task's datagrams must never arrive.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
     let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
     let py = format!(
         "import socket\n\
          try:\n s=socket.create_connection(('127.0.0.1',{port}),timeout=2); s.send(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('RAW', s.recv(10))\nexcept Exception as e: print('raw refused', e)\n\
-         try:\n u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'x',('127.0.0.1',{port})); u.sendto(b'q',('8.8.8.8',53)); print('udp sent (into an empty namespace)')\nexcept Exception as e: print('udp refused', e)\n\
+         try:\n u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'x',('127.0.0.1',{udp_port})); print('udp sent (into an empty namespace)')\nexcept Exception as e: print('udp refused', e)\n\
          try:\n print('DNS', socket.gethostbyname('example.com'))\nexcept Exception as e: print('dns fails', e)\n",
         port = s.port
     );
@@ -138,11 +143,20 @@ fn nothing_goes_around_the_proxy() {
         !r.stdout.contains("hello") && !r.stdout.contains("RAW") && !r.stdout.contains("DNS"),
         "{r:?}"
     );
+    assert!(
+        r.stdout.contains("raw refused") && r.stdout.contains("dns fails"),
+        "the probes did not run: {r:?}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         s.hits.load(Ordering::SeqCst),
         0,
         "the server saw a connection that bypassed the proxy"
+    );
+    let mut buf = [0u8; 16];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a datagram from the task reached the host"
     );
 }
 
