@@ -9,43 +9,64 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Mode, TestBox, run};
 
-/// A loopback HTTP server that counts the requests it saw; stops after 20 s.
+/// A loopback HTTP server that counts the requests it saw.
 struct Server {
     port: u16,
     hits: Arc<AtomicUsize>,
 }
 
-fn server() -> Server {
+/// Serves each request's path with `answer` (one request per connection)
+/// for 30 s, then stops.
+fn http_server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> Server {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let port = l.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
     let h = Arc::clone(&hits);
     std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(20);
+        let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    if !buf.is_empty() {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
-                    }
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            let Some(path) = head.split_whitespace().nth(1) else {
+                continue;
+            };
+            h.fetch_add(1, Ordering::SeqCst);
+            let _ = s.write_all(&answer(path));
         }
     });
     Server { port, hits }
+}
+
+/// Answers every request with `hello`.
+fn server() -> Server {
+    http_server(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n".to_vec()
+    })
+}
+
+/// The task's connection records in the audit log.
+fn connections(t: &TestBox, r: &crate::support::Run) -> Vec<serde_json::Value> {
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let log = t.taskbox(&["audit", "query", "--task", &id]).stdout;
+    log.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"]["kind"] == "connection")
+        .map(|v| v["event"]["connection"].clone())
+        .collect()
 }
 
 fn proxy_profile(t: &TestBox, allow: &str) -> String {
@@ -63,15 +84,8 @@ fn allowed_hosts_are_reached_over_http_and_connect_and_audited() {
         r.code(0);
         assert_eq!(r.stdout.matches("hello").count(), 2, "{r:?}");
         assert_eq!(s.hits.load(Ordering::SeqCst), 2, "{m:?}");
-        let id = r.json()["task"].as_str().unwrap().to_owned();
-        let log = t.taskbox(&["audit", "query", "--task", &id]).stdout;
-        let conns: Vec<serde_json::Value> = log
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["event"]["kind"] == "connection")
-            .map(|v| v["event"]["connection"].clone())
-            .collect();
-        assert_eq!(conns.len(), 2, "{log}");
+        let conns = connections(&t, &r);
+        assert_eq!(conns.len(), 2, "{conns:?}");
         assert_eq!(conns[0]["protocol"], "http");
         assert_eq!(conns[1]["protocol"], "connect");
         for c in &conns {
@@ -248,59 +262,30 @@ fn malformed_and_slow_clients_are_refused_and_others_still_served() {
     assert!(r.stdout.contains("ok: b'HTTP/1.1 200 OK"), "{r:?}");
 }
 
-/// A loopback static file server over `dir` (GET only, query ignored, 404
-/// otherwise) that counts requests; stops after 30 s.
+/// A static file server over `dir` (query ignored, 404 otherwise).
 fn file_server(dir: std::path::PathBuf) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = Arc::clone(&hits);
-    std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            let Ok((mut s, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            s.set_nonblocking(false).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+    http_server(move |path| {
+        let path = path
+            .split('?')
+            .next()
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        let file = dir.join(path);
+        match std::fs::read(&file) {
+            Ok(body) if !path.contains("..") && file.is_file() => {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend(body);
+                r
             }
-            let head = String::from_utf8_lossy(&buf).into_owned();
-            let Some(path) = head.split_whitespace().nth(1) else {
-                continue;
-            };
-            h.fetch_add(1, Ordering::SeqCst);
-            let path = path
-                .split('?')
-                .next()
-                .unwrap_or("/")
-                .trim_start_matches('/');
-            let file = dir.join(path);
-            let resp = match std::fs::read(&file) {
-                Ok(body) if !path.contains("..") && file.is_file() => {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    r.extend(body);
-                    r
-                }
-                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
-            };
-            let _ = s.write_all(&resp);
+            _ => {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            }
         }
-    });
-    Server { port, hits }
+    })
 }
 
 #[test]
@@ -376,16 +361,11 @@ fn socks5_reaches_allowed_hosts_only() {
     );
     assert_eq!(r.stdout.matches("hello").count(), 1, "{r:?}");
     assert_eq!(s.hits.load(Ordering::SeqCst), 1);
-    let id = r.json()["task"].as_str().unwrap().to_owned();
-    let log = t.taskbox(&["audit", "query", "--task", &id]).stdout;
-    let socks: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"]["kind"] == "connection")
-        .map(|v| v["event"]["connection"].clone())
+    let socks: Vec<serde_json::Value> = connections(&t, &r)
+        .into_iter()
         .filter(|c| c["protocol"] == "socks5")
         .collect();
-    assert_eq!(socks.len(), 3, "{log}");
+    assert_eq!(socks.len(), 3, "{socks:?}");
     assert_eq!(socks[0]["decision"]["decision"], "allow");
     assert_eq!(socks[1]["host"], "evil.test");
     assert_eq!(socks[1]["decision"]["reason"]["reason"], "deny-listed");
