@@ -37,6 +37,16 @@ pub enum PromoteError {
         /// The path.
         path: String,
     },
+    /// A symlink the task made points outside the workspace.
+    #[error(
+        "refused: the symlink {path} points outside the workspace (to {target}). Hint: discard the task, or recreate the link by hand if it is meant"
+    )]
+    OutsideLink {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+    },
     /// File I/O.
     #[error("promote: cannot {what} {path}")]
     Io {
@@ -220,6 +230,27 @@ fn check_inside(workspace: &Path, rel: &Path) -> Result<(), PromoteError> {
     Ok(())
 }
 
+/// Rejects a symlink the task made whose target leaves the workspace
+/// (absolute, or `..` past its root): once promoted, host tools (git, an
+/// editor, the next build) would follow it outside.
+fn check_link_target(rel: &Path, target: &Path) -> Result<(), PromoteError> {
+    let bad = || PromoteError::OutsideLink {
+        path: display_path(rel),
+        target: display_path(target),
+    };
+    // Depth of the link's directory below the workspace root.
+    let mut depth = rel.components().count().saturating_sub(1);
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => depth = depth.checked_sub(1).ok_or_else(bad)?,
+            Component::RootDir | Component::Prefix(_) => return Err(bad()),
+        }
+    }
+    Ok(())
+}
+
 fn git(ws: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<String, PromoteError> {
     let mut c = Command::new("git");
     c.arg("-C").arg(ws).args(args);
@@ -280,6 +311,11 @@ pub fn promote(
         check_inside(ws, &c.path)?;
         if let ChangeKind::Renamed { from } = &c.kind {
             check_inside(ws, from)?;
+        }
+        if c.entry == EntryType::Symlink && !matches!(c.kind, ChangeKind::Deleted) {
+            let target = std::fs::read_link(spec.upper.join(&c.path))
+                .map_err(io("read", &spec.upper.join(&c.path)))?;
+            check_link_target(&c.path, &target)?;
         }
     }
     let git_mode = is_git_top(ws);
@@ -685,4 +721,22 @@ pub fn revert(workspace: &Path, task_dir: &Path) -> Result<Option<String>, Promo
     }
     run_steps(&j.reverse)?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_targets_must_stay_inside() {
+        let ok = |l: &str, t: &str| check_link_target(Path::new(l), Path::new(t)).is_ok();
+        assert!(ok("a", "b"));
+        assert!(ok("d/a", "../b"));
+        assert!(ok("d/e/a", "../../b"));
+        assert!(ok("d/a", "./x/../../b"));
+        assert!(!ok("a", "../b"));
+        assert!(!ok("d/a", "../../etc/passwd"));
+        assert!(!ok("a", "/etc/passwd"));
+        assert!(!ok("d/a", "x/../../../b"));
+    }
 }

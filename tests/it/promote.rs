@@ -267,6 +267,32 @@ fn promote_refuses_conflicts_protected_paths_and_symlinked_parents() {
         !t.outside.join("new.txt").exists(),
         "promote wrote through a symlinked parent"
     );
+
+    // Symlinks the task made that point outside (absolute, or `..` past the
+    // root) are refused: once promoted, host tools would follow them.
+    for link in [
+        format!("ln -s {}/file out", t.outside.display()),
+        "mkdir -p d && ln -s ../../outside/file d/out".to_owned(),
+    ] {
+        let t = TestBox::new(Mode::Root);
+        repo(&t);
+        let r = t.sh("explore", &format!("{link}; echo ok > fine.txt"));
+        let id = r.json()["task"].as_str().unwrap().to_owned();
+        let r = human(&t, &["task", "promote", &id]);
+        r.code(125);
+        assert!(
+            r.stderr.contains("points outside the workspace"),
+            "{}",
+            r.stderr
+        );
+        assert!(!t.ws.join("fine.txt").exists(), "a refused promote wrote");
+    }
+    let t = TestBox::new(Mode::Root);
+    repo(&t);
+    let r = t.sh("explore", "mkdir -p d && ln -s ../hello.txt d/in");
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    human(&t, &["task", "promote", &id]).code(0);
+    assert!(t.ws.join("d/in").is_symlink());
 }
 
 #[test]
