@@ -1,7 +1,9 @@
 //! `taskbox run`: one command as one task.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 
@@ -42,6 +44,7 @@ impl RunArgs {
             .ok()
             .zip(std::fs::canonicalize(&workspace).ok())
             .is_some_and(|(c, w)| c.starts_with(w));
+        let open_line = Arc::new(AtomicBool::new(false));
         let req = RunRequest {
             profile: self.profile.clone(),
             workspace,
@@ -54,17 +57,41 @@ impl RunArgs {
             catalog: super::catalog(),
             stage_exe: std::env::current_exe()
                 .context("cannot find the taskbox binary for the launch stage")?,
-            stdout: Box::new(std::io::stdout()),
+            stdout: Box::new(LineEnd {
+                out: std::io::stdout(),
+                open: Arc::clone(&open_line),
+            }),
             stderr: Box::new(std::io::stderr()),
             approved_task: self.task,
         };
         let report = action::run(req)?;
-        summarize(&report, self.json);
+        summarize(&report, self.json, open_line.load(Ordering::Relaxed));
         Ok(report.status)
     }
 }
 
-fn summarize(r: &RunReport, json: bool) {
+/// The task's stdout, remembering whether its last byte ended a line, so
+/// the `--json` summary always starts a line of its own.
+struct LineEnd {
+    out: std::io::Stdout,
+    open: Arc<AtomicBool>,
+}
+
+impl Write for LineEnd {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(last) = buf[..n].last() {
+            self.open.store(*last != b'\n', Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn summarize(r: &RunReport, json: bool, open_line: bool) {
     if !r.denied_hosts.is_empty() {
         eprintln!(
             "taskbox: task {}: the egress proxy refused {}",
@@ -77,6 +104,9 @@ fn summarize(r: &RunReport, json: bool) {
     }
     if json {
         let mut out = std::io::stdout().lock();
+        if open_line {
+            let _ = writeln!(out);
+        }
         let _ = serde_json::to_writer(&mut out, r);
         let _ = writeln!(out);
         return;
