@@ -11,6 +11,7 @@ use crate::audit::{AuditEvent, Sink as AuditSink};
 use crate::profile::{Backend, Catalog, NetMode, PathVars, Profile, ProfileError, WorkspaceMode};
 use crate::proxy;
 use crate::sandbox::native::{self, NativeError, PlanInputs, Sink};
+use crate::sandbox::wasm;
 use crate::sandbox::{Enforcement, LimitHit, Outcome};
 use crate::task::{Lifecycle, StateDir, TaskError, TaskId, TaskRecord};
 use crate::workspace::{self, Changeset, WorkspaceError};
@@ -244,7 +245,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             denied_hosts: Vec::new(),
         })
     };
-    if let Err(e) = supported(&prof, &argv) {
+    if let Err(e) = supported(&prof) {
         return refuse(e.exit_code(), e.to_string());
     }
     let cmd_digest = crate::task::command_digest(&argv, &workspace);
@@ -356,6 +357,27 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         || workspace.clone(),
         |c| std::fs::canonicalize(&c).unwrap_or(c),
     );
+    // A WASM tool runs in the helper, as the command of this native task.
+    let mut exec_argv = argv.clone();
+    let mut inherit = Vec::new();
+    let mut wasm_event = None;
+    if prof.backend == Backend::Wasm || argv.first().is_some_and(|a| a.ends_with(".wasm")) {
+        match ready_wasm(&stage_exe, &state, &cwd, &argv, &mut spec) {
+            Ok((v, file, compiled)) => {
+                exec_argv = v;
+                inherit.push(file);
+                wasm_event = Some(AuditEvent::WasmTool {
+                    task: task.to_string(),
+                    module: argv.first().cloned().unwrap_or_default(),
+                    sha256: compiled.module_sha256,
+                    wasm_kind: compiled.kind.as_str().to_owned(),
+                    compiled: compiled.compiled,
+                    compile_ms: compiled.compile_ms,
+                });
+            }
+            Err((code, e)) => return refuse(code, e.to_string()),
+        }
+    }
     let host_tmp = state.task_tmp(&task);
     let mut hide = vec![state.root().to_path_buf()];
     hide.extend(catalog.user_dir().map(Path::to_path_buf));
@@ -368,7 +390,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         .iter()
         .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
     let inputs = PlanInputs {
-        argv: argv.clone(),
+        argv: exec_argv,
         cwd,
         host_tmp: host_tmp.clone(),
         hide,
@@ -383,6 +405,10 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         Ok(p) => p,
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };
+    plan.inherit = inherit;
+    if let Some(ev) = wasm_event {
+        audit.append(ev)?;
+    }
     let overlay = prof.workspace == WorkspaceMode::Overlay;
     let dir = state.create_task(&task, overlay)?;
     if overlay {
@@ -615,17 +641,40 @@ impl proxy::Recorder for ConnAudit {
     }
 }
 
+/// Readies a WASM tool: finds the helper beside the runner, compiles the
+/// module into the cache (or finds it there), lets the task execute the
+/// helper, and returns the helper's command line and the artifact it inherits.
+fn ready_wasm(
+    stage_exe: &Path,
+    state: &StateDir,
+    cwd: &Path,
+    argv: &[String],
+    spec: &mut crate::profile::SandboxSpec,
+) -> Result<(Vec<String>, native::InheritFile, wasm::Compiled), (i32, wasm::WasmError)> {
+    let helper = wasm::helper_beside(stage_exe).map_err(|e| (EXIT_POLICY, e))?;
+    let name = argv.first().map(String::as_str).unwrap_or_default();
+    let module = cwd.join(name);
+    let compiled = wasm::ensure_compiled(&state.root().join("wasm-cache"), &module, &helper)
+        .map_err(|e| (EXIT_TASKBOX, e))?;
+    if !spec.fs.read.contains(&helper) {
+        spec.fs.read.push(helper.clone());
+    }
+    let file = native::InheritFile {
+        path: compiled.artifact.clone(),
+        env: wasm::ARTIFACT_FD_ENV.to_owned(),
+    };
+    let v = wasm::helper_argv(&helper, &compiled, spec, cwd, argv);
+    Ok((v, file, compiled))
+}
+
 /// Refuses what this build cannot enforce, before anything runs.
-fn supported(p: &Profile, argv: &[String]) -> Result<(), ActionError> {
+fn supported(p: &Profile) -> Result<(), ActionError> {
     let no = |what: &str| {
         Err(ActionError::Unsupported {
             profile: p.name.clone(),
             what: what.to_owned(),
         })
     };
-    if p.backend == Backend::Wasm || argv.first().is_some_and(|a| a.ends_with(".wasm")) {
-        return no("the WASM backend");
-    }
     if !p.grants.is_empty() {
         return no("credential grants");
     }

@@ -144,6 +144,22 @@ pub enum AuditEvent {
         /// Who had approved it.
         approved_by: String,
     },
+    /// A WASM tool was readied for a task: the module by sha-256, and
+    /// whether its compiled artifact came from the cache.
+    WasmTool {
+        /// Task id.
+        task: String,
+        /// The module file as named on the command line.
+        module: String,
+        /// sha-256 of the module's bytes.
+        sha256: String,
+        /// `module` (preview 1) or `component` (preview 2).
+        wasm_kind: String,
+        /// Whether it was compiled now (a cache miss or a corrupt entry).
+        compiled: bool,
+        /// Milliseconds spent compiling.
+        compile_ms: u64,
+    },
     /// One connection through the egress proxy: host, port, resolved
     /// address, decision and rule, bytes each way, duration.
     Connection {
@@ -179,7 +195,8 @@ impl AuditEvent {
             | AuditEvent::Approved { task, .. }
             | AuditEvent::Denied { task, .. }
             | AuditEvent::ApprovalUsed { task, .. }
-            | AuditEvent::Connection { task, .. } => Some(task),
+            | AuditEvent::Connection { task, .. }
+            | AuditEvent::WasmTool { task, .. } => Some(task),
             AuditEvent::LogRepaired { .. } | AuditEvent::Pruned { .. } => None,
         }
     }

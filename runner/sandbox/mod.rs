@@ -5,6 +5,7 @@
 //! anything whose enforcement falls below the spec's `[require]` floor.
 
 pub mod native;
+pub mod wasm;
 
 use serde::{Deserialize, Serialize};
 

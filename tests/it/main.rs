@@ -12,3 +12,4 @@ mod profiles;
 mod promote;
 mod sandbox;
 mod support;
+mod wasm;

@@ -134,9 +134,13 @@ fn enforcement_floor_refuses_with_126() {
 #[test]
 fn features_this_build_lacks_are_refused_not_faked() {
     let t = TestBox::new(Mode::Root);
-    let r = t.taskbox(&["run", "--", "tool.wasm"]);
+    let p = t.profile(
+        "grants",
+        "extends = \"shared-change\"\n[credentials]\ngrant = [{ name = \"gh\", from = \"env:GH_TOKEN\", as = \"env:GH_TOKEN\", ttl = \"5m\" }]\n",
+    );
+    let r = t.taskbox(&["run", "-p", &p, "--", "/bin/true"]);
     r.code(126);
-    assert!(r.stderr.contains("WASM backend"), "{}", r.stderr);
+    assert!(r.stderr.contains("credential grants"), "{}", r.stderr);
 }
 
 #[test]

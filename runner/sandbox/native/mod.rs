@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use landlock::kernel_abi;
 pub use ns::userns_available;
-pub use plan::{Isolation, NativePlan, OverlayDirs, PlanInputs, plan};
+pub use plan::{InheritFile, Isolation, NativePlan, OverlayDirs, PlanInputs, plan};
 pub use spawn::{Running, Sink, launch};
 pub use stage::main as stage_main;
 

@@ -48,6 +48,20 @@ pub struct NativePlan {
     pub processes: String,
     /// Overlay mode: where the task's writes go (upper) and overlayfs's work dir.
     pub overlay: Option<OverlayDirs>,
+    /// Host files the stage opens read-only before it builds the task's view
+    /// and hands to the command as inherited descriptors (the WASM backend's
+    /// compiled module, which lives in the hidden state directory).
+    pub inherit: Vec<InheritFile>,
+}
+
+/// A host file handed to the command as an open read-only descriptor whose
+/// number is in the environment variable `env`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InheritFile {
+    /// The host path, opened before any mount or Landlock rule applies.
+    pub path: PathBuf,
+    /// The variable that carries the descriptor number.
+    pub env: String,
 }
 
 /// The host directories behind an overlay workspace, both in the task store.
@@ -155,6 +169,7 @@ pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, Native
             "rlimit".into()
         },
         overlay,
+        inherit: Vec::new(),
     })
 }
 

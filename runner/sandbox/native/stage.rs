@@ -473,6 +473,23 @@ fn init(
     let mut hidden: Vec<PathBuf> = deny.clone();
     hidden.extend(plan.hide.iter().cloned());
     let keep: Vec<PathBuf> = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
+    // Opened before the view hides their directories; kept open (no
+    // CLOEXEC) into the command, read-only.
+    let mut inherited = Vec::new();
+    for f in &plan.inherit {
+        let file = setup(
+            std::fs::File::open(&f.path).map_err(|source| NativeError::Setup {
+                what: format!("open {} for the command", f.path.display()),
+                source,
+            }),
+        )?;
+        let fd: std::os::fd::OwnedFd = file.into();
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        );
+        inherited.push((f.env.clone(), fd));
+    }
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
     if isolation == Isolation::Namespaces {
@@ -556,7 +573,15 @@ fn init(
     let inet = spec.net.mode != NetMode::None;
     let filters = setup(seccomp::build(inet))?;
     mark("prepared");
-    let (exe, argv, envp) = exec_args(plan, &tmp, proxy_port).map_err(|e| (e.exit_code(), e))?;
+    let fds: Vec<(String, String)> = inherited
+        .iter()
+        .map(|(k, fd)| {
+            use std::os::fd::AsRawFd as _;
+            (k.clone(), fd.as_raw_fd().to_string())
+        })
+        .collect();
+    let (exe, argv, envp) =
+        exec_args(plan, &tmp, proxy_port, &fds).map_err(|e| (e.exit_code(), e))?;
 
     // SAFETY: single-threaded; the child only makes syscalls, then execs or exits.
     let child = match unsafe { fork() } {
@@ -681,9 +706,12 @@ fn exec_args(
     plan: &NativePlan,
     tmp: &std::path::Path,
     proxy_port: Option<u16>,
+    fds: &[(String, String)],
 ) -> Result<CArgs, NativeError> {
     use std::ffi::CString;
     let mut env: Vec<(String, String)> = plan.spec.env.vars.clone();
+    env.retain(|(k, _)| !fds.iter().any(|(n, _)| n == k));
+    env.extend(fds.iter().cloned());
     if let Some(port) = proxy_port {
         let vars = crate::proxy::proxy_env(port, &plan.spec.net.allow);
         env.retain(|(k, _)| !vars.iter().any(|(n, _)| n == k));

@@ -66,8 +66,29 @@ pub fn taskbox_bin() -> &'static Path {
         let dst = dir.join("taskbox");
         std::fs::copy(&src, &dst).unwrap();
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The WASM backend's helper lives beside the runner.
+        let helper = dir.join("taskbox-wasm");
+        std::fs::copy(env!("CARGO_BIN_EXE_taskbox-wasm"), &helper).unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         dst
     })
+}
+
+/// An example WASM tool built by `scripts/build-examples`, copied into
+/// `dir` (readable by every test uid); returns the copy's path.
+pub fn wasm_tool(name: &str, dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/tools")
+        .join(format!("{name}.wasm"));
+    assert!(
+        src.is_file(),
+        "{} is missing: run scripts/build-examples (scripts/test does) before the tests",
+        src.display()
+    );
+    let dst = dir.join(format!("{name}.wasm"));
+    std::fs::copy(&src, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dst
 }
 
 /// One test's world.
