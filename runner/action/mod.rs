@@ -111,6 +111,8 @@ pub struct RunRequest {
     pub stdout: Sink,
     /// Where the command's stderr goes.
     pub stderr: Sink,
+    /// A command, or the WASM serve loop over the modules in `argv`.
+    pub mode: RunMode,
     /// Run this approved task (its recorded profile, command and workspace)
     /// instead of a new one.
     pub approved_task: Option<String>,
@@ -153,6 +155,15 @@ fn peak_rss_kib() -> u64 {
         .map_or(0, |u| u64::try_from(u.max_rss()).unwrap_or(0))
 }
 
+/// What a task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// `argv` is a command (a `.wasm` one picks the WASM backend).
+    Command,
+    /// `argv` lists WASM modules served warm over JSON lines on stdio.
+    ServeWasm,
+}
+
 /// Runs one task end to end. Failures before the command starts are audited
 /// as refusals and returned in the report with their exit code.
 ///
@@ -172,6 +183,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         stage_exe,
         stdout,
         stderr,
+        mode,
         approved_task,
     } = req;
     let begun = std::time::Instant::now();
@@ -360,20 +372,33 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     // A WASM tool runs in the helper, as the command of this native task.
     let mut exec_argv = argv.clone();
     let mut inherit = Vec::new();
-    let mut wasm_event = None;
-    if prof.backend == Backend::Wasm || argv.first().is_some_and(|a| a.ends_with(".wasm")) {
-        match ready_wasm(&stage_exe, &state, &cwd, &argv, &mut spec) {
-            Ok((v, file, compiled)) => {
+    let mut wasm_events = Vec::new();
+    let wasm_mode = match mode {
+        RunMode::ServeWasm => Some(mode),
+        RunMode::Command
+            if prof.backend == Backend::Wasm
+                || argv.first().is_some_and(|a| a.ends_with(".wasm")) =>
+        {
+            Some(mode)
+        }
+        RunMode::Command => None,
+    };
+    if let Some(mode) = wasm_mode {
+        match ready_wasm(&stage_exe, &state, &cwd, &argv, mode, &mut spec) {
+            Ok((v, files, tools)) => {
                 exec_argv = v;
-                inherit.push(file);
-                wasm_event = Some(AuditEvent::WasmTool {
-                    task: task.to_string(),
-                    module: argv.first().cloned().unwrap_or_default(),
-                    sha256: compiled.module_sha256,
-                    wasm_kind: compiled.kind.as_str().to_owned(),
-                    compiled: compiled.compiled,
-                    compile_ms: compiled.compile_ms,
-                });
+                inherit = files;
+                wasm_events = tools
+                    .into_iter()
+                    .map(|(module, c)| AuditEvent::WasmTool {
+                        task: task.to_string(),
+                        module,
+                        sha256: c.module_sha256,
+                        wasm_kind: c.kind.as_str().to_owned(),
+                        compiled: c.compiled,
+                        compile_ms: c.compile_ms,
+                    })
+                    .collect();
             }
             Err((code, e)) => return refuse(code, e.to_string()),
         }
@@ -406,8 +431,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };
     plan.inherit = inherit;
-    if let Some(ev) = wasm_event {
-        audit.append(ev)?;
+    if !wasm_events.is_empty() {
+        audit.append_all(wasm_events)?;
     }
     let overlay = prof.workspace == WorkspaceMode::Overlay;
     let dir = state.create_task(&task, overlay)?;
@@ -641,30 +666,79 @@ impl proxy::Recorder for ConnAudit {
     }
 }
 
-/// Readies a WASM tool: finds the helper beside the runner, compiles the
+/// Readies WASM tools: finds the helper beside the runner, compiles each
 /// module into the cache (or finds it there), lets the task execute the
-/// helper, and returns the helper's command line and the artifact it inherits.
+/// helper, and returns the helper's command line, the artifacts it inherits
+/// and each module with its compile record. `Command` runs `argv[0]` once
+/// with `argv[1..]`; `ServeWasm` serves every module in `argv`.
+#[expect(
+    clippy::type_complexity,
+    reason = "a private triple, named at its one caller"
+)]
 fn ready_wasm(
     stage_exe: &Path,
     state: &StateDir,
     cwd: &Path,
     argv: &[String],
+    mode: RunMode,
     spec: &mut crate::profile::SandboxSpec,
-) -> Result<(Vec<String>, native::InheritFile, wasm::Compiled), (i32, wasm::WasmError)> {
+) -> Result<
+    (
+        Vec<String>,
+        Vec<native::InheritFile>,
+        Vec<(String, wasm::Compiled)>,
+    ),
+    (i32, wasm::WasmError),
+> {
     let helper = wasm::helper_beside(stage_exe).map_err(|e| (EXIT_POLICY, e))?;
-    let name = argv.first().map(String::as_str).unwrap_or_default();
-    let module = cwd.join(name);
-    let compiled = wasm::ensure_compiled(&state.root().join("wasm-cache"), &module, &helper)
-        .map_err(|e| (EXIT_TASKBOX, e))?;
+    let cache = state.root().join("wasm-cache");
+    let modules: &[String] = match mode {
+        RunMode::Command => argv.get(..1).unwrap_or_default(),
+        RunMode::ServeWasm => argv,
+    };
+    let mut tools = Vec::new();
+    for m in modules {
+        let c =
+            wasm::ensure_compiled(&cache, &cwd.join(m), &helper).map_err(|e| (EXIT_TASKBOX, e))?;
+        tools.push((m.clone(), c));
+    }
     if !spec.fs.read.contains(&helper) {
         spec.fs.read.push(helper.clone());
     }
-    let file = native::InheritFile {
-        path: compiled.artifact.clone(),
-        env: wasm::ARTIFACT_FD_ENV.to_owned(),
+    let (v, files) = match mode {
+        RunMode::Command => {
+            let c = &tools
+                .first()
+                .ok_or((EXIT_TASKBOX, wasm::WasmError::Usage("no module".into())))?
+                .1;
+            let file = native::InheritFile {
+                path: c.artifact.clone(),
+                env: wasm::ARTIFACT_FD_ENV.to_owned(),
+            };
+            (wasm::run_argv(&helper, c, spec, cwd, argv), vec![file])
+        }
+        RunMode::ServeWasm => {
+            let named: Vec<(String, wasm::Compiled)> = tools
+                .iter()
+                .map(|(m, c)| {
+                    let stem = Path::new(m)
+                        .file_stem()
+                        .map_or_else(|| m.clone(), |s| s.to_string_lossy().into_owned());
+                    (stem, c.clone())
+                })
+                .collect();
+            let files = named
+                .iter()
+                .enumerate()
+                .map(|(i, (_, c))| native::InheritFile {
+                    path: c.artifact.clone(),
+                    env: wasm::artifact_var(i),
+                })
+                .collect();
+            (wasm::serve_argv(&helper, &named, spec, cwd), files)
+        }
     };
-    let v = wasm::helper_argv(&helper, &compiled, spec, cwd, argv);
-    Ok((v, file, compiled))
+    Ok((v, files, tools))
 }
 
 /// Refuses what this build cannot enforce, before anything runs.

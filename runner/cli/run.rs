@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// Print one JSON summary object on stdout at the end.
     #[arg(long)]
     json: bool,
+    /// Serve the WASM modules given as the command, warm, in one task: one
+    /// JSON request per stdin line (`{"tool":"wsgrep","args":["TODO"]}`),
+    /// one JSON response per stdout line.
+    #[arg(long, conflicts_with = "task")]
+    serve: bool,
     /// The command and its arguments.
     #[arg(last = true, required_unless_present = "task")]
     command: Vec<String>,
@@ -62,6 +67,11 @@ impl RunArgs {
                 open: Arc::clone(&open_line),
             }),
             stderr: Box::new(std::io::stderr()),
+            mode: if self.serve {
+                action::RunMode::ServeWasm
+            } else {
+                action::RunMode::Command
+            },
             approved_task: self.task,
         };
         let report = action::run(req)?;

@@ -265,3 +265,85 @@ fn not_wasm_is_a_clear_error() {
     );
     assert!(!Path::new(&t.ws.join("hi")).exists());
 }
+
+#[test]
+fn serve_keeps_tools_warm_and_answers_each_line() {
+    use std::io::Write as _;
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        std::fs::write(t.ws.join("c.json"), "{\"a\": 1}\n").unwrap();
+        t.own(&t.ws);
+        let grep = wasm_tool("wsgrep", &t.root);
+        let edit = wasm_tool("wsedit", &t.root);
+        let probe = wasm_tool("wsprobe", &t.root);
+        let mut c = t.cmd(&[
+            "run",
+            "--serve",
+            "--json",
+            "--",
+            grep.to_str().unwrap(),
+            edit.to_str().unwrap(),
+            probe.to_str().unwrap(),
+        ]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let outside = t.outside.join("file");
+        let requests = [
+            r#"{"id":1,"tool":"wsedit","args":["c.json","{\"b\":2}"]}"#.to_owned(),
+            r#"{"id":2,"tool":"wsgrep","args":["\"b\"","c.json"]}"#.to_owned(),
+            format!(
+                r#"{{"id":3,"tool":"wsprobe","args":["read","{}"]}}"#,
+                outside.display()
+            ),
+            r#"{"id":4,"tool":"wsprobe","args":["flood","5000000"]}"#.to_owned(),
+            r#"{"id":5,"tool":"nope"}"#.to_owned(),
+        ];
+        for r in &requests {
+            writeln!(stdin, "{r}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{m:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), requests.len() + 1, "{} lines", lines.len());
+        assert_eq!(lines[0]["exit"], 0, "{}", lines[0]);
+        assert!(
+            lines[1]["stdout"].as_str().unwrap().contains("\"b\": 2"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2]["stdout"].as_str().unwrap().starts_with("refused"),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(lines[3]["stdout_truncated"], true, "flood not truncated");
+        assert!(lines[3]["stdout"].as_str().unwrap().len() <= 1 << 20);
+        assert!(
+            lines[4]["error"]
+                .as_str()
+                .unwrap()
+                .contains("no tool named nope")
+        );
+        // The whole session is one task; its writes are in the changeset.
+        let summary = &lines[5];
+        assert_eq!(summary["changeset"]["changes"][0]["path"], "c.json");
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("c.json")).unwrap(),
+            "{\"a\": 1}\n"
+        );
+        let id = summary["task"].as_str().unwrap();
+        let log = t.taskbox(&["audit", "query", "--task", id]).stdout;
+        assert_eq!(log.matches("\"wasm-tool\"").count(), 3, "{log}");
+    }
+}

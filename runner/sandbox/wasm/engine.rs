@@ -63,6 +63,8 @@ pub struct Call {
     pub memory: Option<usize>,
     /// Wall-clock deadline for the call.
     pub deadline: Option<Duration>,
+    /// Standard streams.
+    pub stdio: Stdio,
 }
 
 /// A compiled tool, ready to instantiate many times.
@@ -93,6 +95,104 @@ impl WasiView for P2Host {
             table: &mut self.table,
         }
     }
+}
+
+/// A guest's captured stdout or stderr: keeps the first `cap` bytes and
+/// drops the rest while telling the guest every write succeeded (wasmtime's
+/// `MemoryOutputPipe` traps the guest when full instead).
+#[derive(Debug, Clone)]
+pub struct Captured {
+    cap: usize,
+    inner: Arc<std::sync::Mutex<(Vec<u8>, u64)>>,
+}
+
+impl Captured {
+    /// Keeps at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            inner: Arc::new(std::sync::Mutex::new((Vec::new(), 0))),
+        }
+    }
+
+    /// What was kept, and how many bytes were written in all.
+    pub fn take(&self) -> (Vec<u8>, u64) {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = g.1;
+        (std::mem::take(&mut g.0), total)
+    }
+}
+
+impl tokio::io::AsyncWrite for Captured {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let room = self.cap.saturating_sub(g.0.len());
+        g.0.extend_from_slice(&buf[..buf.len().min(room)]);
+        g.1 += buf.len() as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for Captured {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for Captured {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Where a call's standard streams go.
+#[derive(Debug, Clone, Default)]
+pub enum Stdio {
+    /// The process's own stdin, stdout and stderr (one-shot `taskbox run`).
+    #[default]
+    Inherit,
+    /// `stdin` bytes in; stdout and stderr captured (the serve loop, benchmarks).
+    Captured {
+        /// The guest's stdin.
+        stdin: Vec<u8>,
+        /// The guest's stdout.
+        stdout: Captured,
+        /// The guest's stderr.
+        stderr: Captured,
+    },
+}
+
+/// How a call ended: the exit status, and why when it did not exit by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The guest's status, [`EXIT_TIMEOUT`] or [`EXIT_TRAP`].
+    pub code: i32,
+    /// For a timeout or a trap: what happened, for people.
+    pub why: Option<String>,
 }
 
 /// The wasmtime engine taskbox runs tools on, with an epoch ticker thread.
@@ -223,7 +323,7 @@ impl Engine {
     ///
     /// # Errors
     /// When a preopen cannot be opened or the instance cannot be created.
-    pub fn run(&self, tool: &Tool, call: &Call) -> Result<i32, WasmError> {
+    pub fn run(&self, tool: &Tool, call: &Call) -> Result<Ended, WasmError> {
         let Call {
             args,
             env,
@@ -231,11 +331,25 @@ impl Engine {
             sockets,
             memory,
             deadline,
+            stdio,
         } = call;
         let mut b = WasiCtxBuilder::new();
         // Blocking file I/O on this thread: no tokio hop per call.
         b.allow_blocking_current_thread(true);
-        b.args(args).envs(env).inherit_stdio();
+        b.args(args).envs(env);
+        match stdio {
+            Stdio::Inherit => {
+                b.inherit_stdio();
+            }
+            Stdio::Captured {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin.clone()));
+                b.stdout(stdout.clone()).stderr(stderr.clone());
+            }
+        }
         for p in preopens {
             let perms = if p.writable {
                 FsPerms::ReadWrite
@@ -297,13 +411,18 @@ impl Engine {
             }
         };
         Ok(match result {
-            Ok(code) => code,
+            Ok(code) => Ended { code, why: None },
             Err(e) => {
                 if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                    exit.0
+                    Ended {
+                        code: exit.0,
+                        why: None,
+                    }
                 } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    eprintln!("taskbox-wasm: {name}: stopped at its wall-clock limit");
-                    EXIT_TIMEOUT
+                    Ended {
+                        code: EXIT_TIMEOUT,
+                        why: Some(format!("{name}: stopped at its wall-clock limit")),
+                    }
                 } else {
                     // The whole chain (backtraces are off in the engine config).
                     let cause = format!("{e:#}");
@@ -321,8 +440,10 @@ impl Engine {
                         }
                         _ => String::new(),
                     };
-                    eprintln!("taskbox-wasm: {name} trapped{hint}: {why}");
-                    EXIT_TRAP
+                    Ended {
+                        code: EXIT_TRAP,
+                        why: Some(format!("{name} trapped{hint}: {why}")),
+                    }
                 }
             }
         })

@@ -21,7 +21,10 @@ use sha2::{Digest as _, Sha256};
 use crate::profile::{NetMode, SandboxSpec, WorkspaceMode};
 
 #[cfg(feature = "wasm")]
-pub use engine::{Allocation, Call, EXIT_TIMEOUT, EXIT_TRAP, Engine, Preopen, Sockets, Tool};
+pub use engine::{
+    Allocation, Call, Captured, EXIT_TIMEOUT, EXIT_TRAP, Ended, Engine, Preopen, Sockets, Stdio,
+    Tool,
+};
 #[cfg(feature = "wasm")]
 pub use helper::main as helper_main;
 
@@ -253,36 +256,21 @@ fn special(p: &Path) -> bool {
     ["/proc", "/sys", "/dev"].iter().any(|s| p.starts_with(s))
 }
 
-/// The helper's command line for one tool run inside the task: preopens
-/// from `[filesystem]` (the working directory also as `.`), the memory cap
-/// and wall clock from `[limits]`, sockets from `[network]`, then the
-/// tool's own arguments (`tool_args[0]` is its name).
-pub fn helper_argv(
-    helper: &Path,
-    compiled: &Compiled,
-    spec: &SandboxSpec,
-    cwd: &Path,
-    tool_args: &[String],
-) -> Vec<String> {
-    let (fs, net, limits, workspace_mode) =
-        (&spec.fs, &spec.net, &spec.limits, spec.workspace_mode);
-    let mut v = vec![
-        helper.display().to_string(),
-        "run".into(),
-        "--kind".into(),
-        compiled.kind.as_str().into(),
-        "--digest".into(),
-        compiled.artifact_sha256.clone(),
-    ];
+/// Options both helper commands take: preopens from `[filesystem]` (the
+/// working directory also as `.`), the memory cap and wall clock from
+/// `[limits]`, sockets from `[network]`.
+fn common_args(spec: &SandboxSpec, cwd: &Path) -> Vec<String> {
+    let (fs, net, limits) = (&spec.fs, &spec.net, &spec.limits);
     let writable = |p: &Path| {
         let in_ws = p.starts_with(&spec.workspace);
         let granted = fs.write.iter().any(|w| p.starts_with(w));
-        match workspace_mode {
+        match spec.workspace_mode {
             WorkspaceMode::ReadOnly if in_ws => false,
             WorkspaceMode::Overlay | WorkspaceMode::Direct if in_ws => true,
             _ => granted,
         }
     };
+    let mut v = Vec::new();
     let mut dirs: Vec<&PathBuf> = fs.write.iter().chain(&fs.read).collect();
     dirs.push(&spec.workspace);
     let mut seen: Vec<&Path> = Vec::new();
@@ -317,8 +305,60 @@ pub fn helper_argv(
         }
         .into(),
     );
+    v
+}
+
+/// The helper's command line for one run of one tool inside the task
+/// (`tool_args[0]` is its name).
+pub fn run_argv(
+    helper: &Path,
+    compiled: &Compiled,
+    spec: &SandboxSpec,
+    cwd: &Path,
+    tool_args: &[String],
+) -> Vec<String> {
+    let mut v = vec![
+        helper.display().to_string(),
+        "run".into(),
+        "--kind".into(),
+        compiled.kind.as_str().into(),
+        "--digest".into(),
+        compiled.artifact_sha256.clone(),
+    ];
+    v.extend(common_args(spec, cwd));
     v.push("--".into());
     v.extend(tool_args.iter().cloned());
+    v
+}
+
+/// The variable naming the descriptor of the `i`th tool of a serve loop.
+pub fn artifact_var(i: usize) -> String {
+    format!("{ARTIFACT_FD_ENV}_{i}")
+}
+
+/// The helper's command line for the serve loop over `tools` (name and
+/// artifact; the `i`th artifact's descriptor is in [`artifact_var`]`(i)`).
+pub fn serve_argv(
+    helper: &Path,
+    tools: &[(String, Compiled)],
+    spec: &SandboxSpec,
+    cwd: &Path,
+) -> Vec<String> {
+    let mut v = vec![helper.display().to_string(), "serve".into()];
+    for (i, (name, c)) in tools.iter().enumerate() {
+        v.push("--tool".into());
+        v.push(format!(
+            "{name}={}:{}:{}",
+            c.kind.as_str(),
+            c.artifact_sha256,
+            artifact_var(i)
+        ));
+    }
+    if let Some(o) = spec.limits.output {
+        v.push("--call-output".into());
+        v.push(o.min(1 << 20).to_string());
+    }
+    v.extend(common_args(spec, cwd));
     v
 }
 
