@@ -19,6 +19,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ),
     ("build", include_str!("../../sandbox-profiles/build.toml")),
     (
+        "build-wasm",
+        include_str!("../../sandbox-profiles/build-wasm.toml"),
+    ),
+    (
         "ci-untrusted",
         include_str!("../../sandbox-profiles/ci-untrusted.toml"),
     ),

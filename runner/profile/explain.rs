@@ -32,6 +32,16 @@ pub fn explain(p: &Profile) -> String {
     );
     let _ = writeln!(
         o,
+        "backend: {}",
+        match p.backend {
+            super::model::Backend::Native =>
+                "native: commands run as processes (a .wasm command picks the WASM backend)",
+            super::model::Backend::Wasm =>
+                "wasm: every command is a WASM tool, run by taskbox-wasm inside this same sandbox",
+        }
+    );
+    let _ = writeln!(
+        o,
         "workspace: {}",
         match p.workspace {
             WorkspaceMode::ReadOnly => "read-only",

@@ -347,3 +347,22 @@ fn serve_keeps_tools_warm_and_answers_each_line() {
         assert_eq!(log.matches("\"wasm-tool\"").count(), 3, "{log}");
     }
 }
+
+#[test]
+fn build_wasm_profile_runs_every_command_as_a_wasm_tool() {
+    let t = TestBox::new(Mode::User);
+    let r = tool(&t, "build-wasm", "wsgrep", &["hello", "hello.txt"]);
+    r.code(0);
+    assert!(r.stdout.contains("hello.txt:1:hello"), "{r:?}");
+    assert_eq!(r.json()["outcome"]["enforcement"]["network"], "proxy");
+    // A native program under a wasm profile is not run as a process.
+    let r = t.taskbox(&["run", "-p", "build-wasm", "--", "/bin/true"]);
+    r.code(125);
+    assert!(
+        r.stderr.contains("not a WebAssembly module"),
+        "{}",
+        r.stderr
+    );
+    let e = t.taskbox(&["profile", "explain", "build-wasm"]);
+    assert!(e.stdout.contains("backend: wasm"), "{}", e.stdout);
+}
