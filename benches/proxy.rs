@@ -135,6 +135,7 @@ fn main() {
         listener,
         policy,
         Resolver::default(),
+        None,
         Box::new(Audit(writer.sender())),
     )
     .unwrap();

@@ -7,6 +7,7 @@
 pub mod action;
 pub mod audit;
 pub mod cli;
+pub mod credentials;
 pub mod error;
 pub mod profile;
 pub mod proxy;

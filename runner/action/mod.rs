@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, Sink as AuditSink};
-use crate::profile::{Backend, Catalog, NetMode, PathVars, Profile, ProfileError, WorkspaceMode};
+use crate::credentials;
+use crate::profile::{
+    Backend, Catalog, Delivery, NetMode, PathVars, Profile, ProfileError, WorkspaceMode,
+};
 use crate::proxy;
 use crate::sandbox::native::{self, NativeError, PlanInputs, Sink};
 use crate::sandbox::wasm;
@@ -35,16 +38,6 @@ pub enum ActionError {
     /// The audit log could not be written: nothing runs unaudited.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
-    /// The profile asks for something this build cannot enforce.
-    #[error(
-        "refused: profile `{profile}` needs {what}, which this build of taskbox cannot enforce yet; nothing ran"
-    )]
-    Unsupported {
-        /// The profile.
-        profile: String,
-        /// What is missing.
-        what: String,
-    },
     /// `run --task` named a task that is not approved.
     #[error("task {task} is not approved ({state}). Hint: `taskbox approve {task}`")]
     NotApproved {
@@ -75,7 +68,7 @@ impl ActionError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ActionError::Native(e) => e.exit_code(),
-            ActionError::Unsupported { .. } | ActionError::NotApproved { .. } => EXIT_POLICY,
+            ActionError::NotApproved { .. } => EXIT_POLICY,
             ActionError::Profile(_)
             | ActionError::Audit(_)
             | ActionError::NoWorkspace { .. }
@@ -145,6 +138,12 @@ pub struct RunReport {
     pub plan: Option<String>,
     /// Hosts the egress proxy refused (`host:port`), in order.
     pub denied_hosts: Vec<String>,
+    /// When the task was stopped because its longest credential lease
+    /// ended (exit 124): that grant's name.
+    pub lease_ended: Option<String>,
+    /// Removes granted values from anything printed about the task.
+    #[serde(skip)]
+    pub redactor: Option<credentials::Redactor>,
 }
 
 /// Paths listed in a changeset audit record; the counts are always complete.
@@ -255,11 +254,10 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             changeset: None,
             plan: None,
             denied_hosts: Vec::new(),
+            lease_ended: None,
+            redactor: None,
         })
     };
-    if let Err(e) = supported(&prof) {
-        return refuse(e.exit_code(), e.to_string());
-    }
     let cmd_digest = crate::task::command_digest(&argv, &workspace);
     if prof.approval_required {
         match &approval {
@@ -326,6 +324,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     changeset: None,
                     plan: Some(plan),
                     denied_hosts: Vec::new(),
+                    lease_ended: None,
+                    redactor: None,
                 });
             }
             Some(a) => {
@@ -352,6 +352,95 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         tmp: PathBuf::from("/tmp"),
     };
     let mut spec = prof.resolve(&vars, &caller_env);
+    // Credentials: every source is read now (nothing runs if one is
+    // missing); values reach the task only as its profile delivers them,
+    // and are redacted from everything taskbox writes.
+    let leases = match credentials::grant_all(&prof.grants, &caller_env, &vars.home, task.as_str())
+    {
+        Ok(l) => l,
+        Err(e) => return refuse(EXIT_TASKBOX, e.to_string()),
+    };
+    let mut secret_files = Vec::new();
+    let granted_at = std::time::Instant::now();
+    for (l, g) in leases.iter().zip(&prof.grants) {
+        match &l.deliver {
+            Delivery::Env(var) => {
+                spec.env.vars.retain(|(k, _)| k != var);
+                spec.env
+                    .vars
+                    .push((var.clone(), l.secret.expose().to_owned()));
+            }
+            Delivery::Header => {
+                if prof.net.mode != NetMode::Proxy {
+                    let e = credentials::CredError::NeedsProxy {
+                        name: l.name.clone(),
+                    };
+                    return refuse(EXIT_TASKBOX, e.to_string());
+                }
+                let var = credentials::placeholder_var(g);
+                spec.env.vars.retain(|(k, _)| *k != var);
+                spec.env
+                    .vars
+                    .push((var, l.placeholder.clone().unwrap_or_default()));
+            }
+            Delivery::File => secret_files.push(native::SecretFile {
+                name: l.name.clone(),
+                value: l.secret.expose().to_owned(),
+                expires_ms: l
+                    .ttl
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            }),
+        }
+    }
+    // A task that outlives its longest lease is stopped (124).
+    let lease_end = leases.iter().filter_map(|l| l.ttl).max();
+    let mut lease_stops = false;
+    if let Some(end) = lease_end {
+        let end_ms = u64::try_from(end.as_millis()).unwrap_or(u64::MAX);
+        if spec.limits.wall_ms.is_none_or(|w| end_ms < w) {
+            spec.limits.wall_ms = Some(end_ms);
+            lease_stops = true;
+        }
+    }
+    let redactor = credentials::Redactor::new(&leases);
+    let audit = if redactor.is_empty() {
+        audit.clone()
+    } else {
+        let r = redactor.clone();
+        audit
+            .clone()
+            .with_redaction(std::sync::Arc::new(move |s: &str| r.redact(s)))
+    };
+    let (stdout, stderr): (Sink, Sink) = if redactor.is_empty() {
+        (stdout, stderr)
+    } else {
+        (
+            Box::new(credentials::RedactWriter::new(stdout, redactor.clone())),
+            Box::new(credentials::RedactWriter::new(stderr, redactor.clone())),
+        )
+    };
+    let broker = std::sync::Arc::new(credentials::Broker::new(&leases));
+    if !leases.is_empty() {
+        audit.append_all(
+            leases
+                .iter()
+                .zip(&prof.grants)
+                .map(|(l, g)| AuditEvent::CredentialGranted {
+                    task: task.to_string(),
+                    name: l.name.clone(),
+                    source: g.from.split(':').next().unwrap_or_default().to_owned(),
+                    delivery: match &l.deliver {
+                        Delivery::Header => "header".to_owned(),
+                        Delivery::Env(v) => format!("env:{v}"),
+                        Delivery::File => "file".to_owned(),
+                    },
+                    to: l.to.clone(),
+                    ttl_s: l.ttl.map(|t| t.as_secs()),
+                    fingerprint: l.secret.fingerprint(),
+                })
+                .collect(),
+        )?;
+    }
     // A git worktree keeps its repository outside the workspace: let the task
     // read it (git status, log, diff work), never write it.
     for dir in workspace::git_dirs_outside(&workspace) {
@@ -431,6 +520,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };
     plan.inherit = inherit;
+    plan.secret_files = secret_files;
     if !wasm_events.is_empty() {
         audit.append_all(wasm_events)?;
     }
@@ -475,6 +565,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 .find(|(k, _)| k == "TASKBOX_TEST_RESOLVE")
                 .map(|(_, v)| v.as_str()),
         ),
+        (!broker.is_empty())
+            .then(|| std::sync::Arc::clone(&broker) as std::sync::Arc<dyn proxy::Injector>),
     );
     let _ = std::fs::remove_dir_all(&host_tmp);
     match result {
@@ -487,6 +579,32 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             state.save(&record)?;
             let read_at = std::time::Instant::now();
             let mut events: Vec<AuditEvent> = Vec::new();
+            for (name, host) in broker.used() {
+                events.push(AuditEvent::CredentialUsed {
+                    task: task.to_string(),
+                    name,
+                    host,
+                });
+            }
+            let ended_at = std::time::Instant::now();
+            for l in &leases {
+                let expired = outcome.leases_ended.contains(&l.name)
+                    || l.ttl.is_some_and(|t| granted_at + t <= ended_at);
+                events.push(AuditEvent::CredentialEnded {
+                    task: task.to_string(),
+                    name: l.name.clone(),
+                    how: if expired { "expired" } else { "revoked" }.to_owned(),
+                });
+            }
+            let lease_ended = (lease_stops && outcome.limit_hit == Some(LimitHit::Wall))
+                .then(|| {
+                    leases
+                        .iter()
+                        .filter(|l| l.ttl == lease_end)
+                        .map(|l| l.name.clone())
+                        .next()
+                })
+                .flatten();
             let denied: Vec<String> = conns
                 .iter()
                 .filter(|c| matches!(c.decision, proxy::Decision::Deny { .. }))
@@ -545,6 +663,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 changeset: changes,
                 plan: None,
                 denied_hosts: denied,
+                lease_ended,
+                redactor: (!redactor.is_empty()).then(|| redactor.clone()),
             })
         }
         Err(Launch::Refused(e)) => {
@@ -581,6 +701,7 @@ fn launch_and_wait(
     agent: Option<String>,
     on_behalf_of: Option<String>,
     resolver: proxy::Resolver,
+    injector: Option<std::sync::Arc<dyn proxy::Injector>>,
 ) -> Result<(Outcome, Vec<proxy::ConnRecord>), Launch> {
     let mut running =
         native::launch(plan, stage_exe, stdout, stderr, task.as_str()).map_err(Launch::Refused)?;
@@ -619,7 +740,7 @@ fn launch_and_wait(
                 task: task.to_string(),
                 tx: writer.sender(),
             });
-            proxy::start(listener, policy, resolver, recorder).map(|h| (h, writer))
+            proxy::start(listener, policy, resolver, injector, recorder).map(|h| (h, writer))
         });
         match started {
             Ok(h) => Some(h),
@@ -739,18 +860,4 @@ fn ready_wasm(
         }
     };
     Ok((v, files, tools))
-}
-
-/// Refuses what this build cannot enforce, before anything runs.
-fn supported(p: &Profile) -> Result<(), ActionError> {
-    let no = |what: &str| {
-        Err(ActionError::Unsupported {
-            profile: p.name.clone(),
-            what: what.to_owned(),
-        })
-    };
-    if !p.grants.is_empty() {
-        return no("credential grants");
-    }
-    Ok(())
 }

@@ -160,6 +160,44 @@ pub enum AuditEvent {
         /// Milliseconds spent compiling.
         compile_ms: u64,
     },
+    /// A credential was granted to a task: by name, source kind, delivery,
+    /// hosts and lease, with a short fingerprint; never the value.
+    CredentialGranted {
+        /// Task id.
+        task: String,
+        /// Grant name.
+        name: String,
+        /// `env`, `file` or `cmd`.
+        source: String,
+        /// `header`, `env:NAME` or `file`.
+        delivery: String,
+        /// Hosts a header grant may be sent to.
+        to: Vec<String>,
+        /// Lease length in seconds.
+        ttl_s: Option<u64>,
+        /// First 12 hex digits of the value's sha-256.
+        fingerprint: String,
+    },
+    /// The proxy injected a header credential into a request to a host
+    /// (recorded once per grant and host).
+    CredentialUsed {
+        /// Task id.
+        task: String,
+        /// Grant name.
+        name: String,
+        /// The host.
+        host: String,
+    },
+    /// A credential's lease ended: `expired` (its ttl) or `revoked` (the
+    /// task ended first).
+    CredentialEnded {
+        /// Task id.
+        task: String,
+        /// Grant name.
+        name: String,
+        /// `expired` or `revoked`.
+        how: String,
+    },
     /// One connection through the egress proxy: host, port, resolved
     /// address, decision and rule, bytes each way, duration.
     Connection {
@@ -196,7 +234,10 @@ impl AuditEvent {
             | AuditEvent::Denied { task, .. }
             | AuditEvent::ApprovalUsed { task, .. }
             | AuditEvent::Connection { task, .. }
-            | AuditEvent::WasmTool { task, .. } => Some(task),
+            | AuditEvent::WasmTool { task, .. }
+            | AuditEvent::CredentialGranted { task, .. }
+            | AuditEvent::CredentialUsed { task, .. }
+            | AuditEvent::CredentialEnded { task, .. } => Some(task),
             AuditEvent::LogRepaired { .. } | AuditEvent::Pruned { .. } => None,
         }
     }
@@ -267,9 +308,33 @@ fn hash_of(seq: u64, ts: &str, prev: &str, event: &AuditEvent) -> Result<String,
 
 /// Writes records to the log at a path. Every append takes an exclusive file
 /// lock, so concurrent runners interleave whole records in chain order.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sink {
     path: PathBuf,
+    redact: Option<Redaction>,
+}
+
+/// Rewrites a string so no secret survives in it (supplied by the runner;
+/// this room knows no credentials).
+pub type Redaction = std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("path", &self.path)
+            .field("redact", &self.redact.is_some())
+            .finish()
+    }
+}
+
+/// Applies `r` to every string inside `v`.
+fn redact_value(v: &mut Value, r: &Redaction) {
+    match v {
+        Value::String(s) => *s = r(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| redact_value(x, r)),
+        Value::Object(o) => o.values_mut().for_each(|x| redact_value(x, r)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -281,7 +346,14 @@ struct Head {
 impl Sink {
     /// A sink writing to `path` (created on first append) with its head file beside it.
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, redact: None }
+    }
+
+    /// The same log, with every string of every record passed through `r`
+    /// before it is hashed and written (redaction at write time).
+    pub fn with_redaction(mut self, r: Redaction) -> Self {
+        self.redact = Some(r);
+        self
     }
 
     /// The log's path.
@@ -361,6 +433,14 @@ impl Sink {
         prev: &str,
         event: AuditEvent,
     ) -> Result<Record, AuditError> {
+        let event = match &self.redact {
+            None => event,
+            Some(r) => {
+                let mut v = serde_json::to_value(&event).map_err(AuditError::Encode)?;
+                redact_value(&mut v, r);
+                serde_json::from_value(v).map_err(AuditError::Encode)?
+            }
+        };
         let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
         let hash = hash_of(seq, &ts, prev, &event)?;
         let rec = Record {

@@ -112,33 +112,48 @@ fn summarize(r: &RunReport, json: bool, open_line: bool) {
     if let Some(plan) = &r.plan {
         eprintln!("taskbox: task {} needs approval. The plan:\n{plan}", r.task);
     }
-    if json {
-        let mut out = std::io::stdout().lock();
-        if open_line {
-            let _ = writeln!(out);
-        }
-        let _ = serde_json::to_writer(&mut out, r);
-        let _ = writeln!(out);
-        return;
-    }
     if let Some(why) = &r.refused {
         eprintln!("taskbox: task {} ({}): {why}", r.task, r.profile);
-        return;
     }
     if let Some(o) = &r.outcome {
         match o.limit_hit {
-            Some(crate::sandbox::LimitHit::Wall) => eprintln!(
-                "taskbox: task {} stopped: wall-clock limit reached (exit 124)",
-                r.task
-            ),
+            Some(crate::sandbox::LimitHit::Wall) => match &r.lease_ended {
+                Some(grant) => eprintln!(
+                    "taskbox: task {} stopped: the lease of credential `{grant}` ended (exit 124)",
+                    r.task
+                ),
+                None => eprintln!(
+                    "taskbox: task {} stopped: wall-clock limit reached (exit 124)",
+                    r.task
+                ),
+            },
             Some(crate::sandbox::LimitHit::Output) => eprintln!(
                 "taskbox: task {} stopped: output limit reached after {} bytes",
                 r.task, o.usage.output_bytes
             ),
             None => {}
         }
-        for n in &o.enforcement.notes {
-            eprintln!("taskbox: note: {n}");
+        if !json {
+            for n in &o.enforcement.notes {
+                eprintln!("taskbox: note: {n}");
+            }
         }
+    }
+    if json {
+        let mut out = std::io::stdout().lock();
+        if open_line {
+            let _ = writeln!(out);
+        }
+        match &r.redactor {
+            None => {
+                let _ = serde_json::to_writer(&mut out, r);
+            }
+            Some(red) => {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                red.redact_json(&mut v);
+                let _ = serde_json::to_writer(&mut out, &v);
+            }
+        }
+        let _ = writeln!(out);
     }
 }

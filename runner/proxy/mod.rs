@@ -12,6 +12,34 @@ mod server;
 pub use policy::{Decision, DenyReason, HostPattern, Policy, special};
 pub use server::{ConnRecord, Protocol, ProxyHandle, Recorder, Resolver, start};
 
+/// What to do with one piece of a request (a header value, the target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// Send it as it is.
+    Keep,
+    /// Send this instead (placeholders swapped for their values).
+    Replace {
+        /// The new text.
+        text: String,
+        /// The grants whose values it now carries.
+        grants: Vec<String>,
+    },
+    /// Refuse the whole request.
+    Refuse {
+        /// The grant whose placeholder it carried.
+        grant: String,
+        /// Why, for the task and the audit log.
+        why: String,
+    },
+}
+
+/// Swaps credential placeholders for their values in requests to the hosts
+/// a grant names; declared here, implemented by `credentials`.
+pub trait Injector: Send + Sync {
+    /// Looks at `text`, part of a request to `host:port`.
+    fn inject(&self, host: &str, port: u16, text: &str) -> Injection;
+}
+
 /// Environment that points the task's tools at the proxy on `port`: HTTP(S)
 /// through it as an HTTP proxy, everything else (`ALL_PROXY`) as SOCKS5 with
 /// names resolved by the proxy. `allow` is the profile's allow list.

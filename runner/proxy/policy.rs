@@ -46,6 +46,13 @@ impl HostPattern {
         })
     }
 
+    /// Whether this entry covers `host:port` (name and port, no address check).
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.matches_name(host) && self.matches_port(port)
+    }
+
     fn matches_port(&self, port: u16) -> bool {
         self.port.map_or(port == 80 || port == 443, |p| p == port)
     }
@@ -94,6 +101,9 @@ pub enum DenyReason {
     /// The name resolved to a loopback, private, link-local or metadata
     /// address that no literal `allow` entry names.
     PrivateAddress(String),
+    /// A credential placeholder was sent where its grant does not allow, or
+    /// after its lease ended.
+    Credential(String),
     /// The request asked for something the proxy does not do (a SOCKS5
     /// BIND or UDP ASSOCIATE, say).
     Unsupported(String),

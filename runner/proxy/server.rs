@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::policy::{Decision, DenyReason, Policy};
+use super::{Injection, Injector};
 
 /// Largest request head accepted (request line + headers).
 const MAX_HEAD: usize = 16 * 1024;
@@ -56,6 +57,8 @@ pub struct ConnRecord {
     pub decision: Decision,
     /// Why an allowed connection still failed (unreachable, refused), if it did.
     pub error: Option<String>,
+    /// Credentials the proxy injected into this request, by grant name.
+    pub credentials: Vec<String>,
     /// Bytes from the task to the server.
     pub bytes_up: u64,
     /// Bytes from the server to the task.
@@ -138,6 +141,7 @@ impl ProxyHandle {
 struct Shared {
     policy: Policy,
     resolver: Resolver,
+    injector: Option<Arc<dyn Injector>>,
     recorder: Box<dyn Recorder>,
     records: Arc<Mutex<Vec<ConnRecord>>>,
 }
@@ -150,6 +154,7 @@ pub fn start(
     listener: std::net::TcpListener,
     policy: Policy,
     resolver: Resolver,
+    injector: Option<Arc<dyn Injector>>,
     recorder: Box<dyn Recorder>,
 ) -> std::io::Result<ProxyHandle> {
     listener.set_nonblocking(true)?;
@@ -162,6 +167,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         policy,
         resolver,
+        injector,
         recorder,
         records: Arc::clone(&records),
     });
@@ -192,7 +198,7 @@ pub fn start(
                     };
                     let shared = Arc::clone(&shared);
                     tasks.spawn(async move {
-                        if let Some(rec) = serve(stream, &shared.policy, &shared.resolver).await {
+                        if let Some(rec) = serve(stream, &shared).await {
                             shared.recorder.record(&rec);
                             shared
                                 .records
@@ -325,6 +331,52 @@ fn parse_target(connect: bool, target: &str) -> Result<Target, &'static str> {
     Ok(Target { host, port, path })
 }
 
+/// The origin-form request head sent upstream: hop-by-hop headers dropped,
+/// credential placeholders swapped for values (or the request refused).
+fn forward_head(
+    method: &str,
+    target: &Target,
+    headers: &[httparse::Header<'_>],
+    injector: Option<&dyn Injector>,
+    rec: &mut ConnRecord,
+) -> Result<String, String> {
+    let mut apply = |text: &str| -> Result<String, String> {
+        match injector.map_or(Injection::Keep, |i| {
+            i.inject(&target.host, target.port, text)
+        }) {
+            Injection::Keep => Ok(text.to_owned()),
+            Injection::Replace { text, grants } => {
+                for g in grants {
+                    if !rec.credentials.contains(&g) {
+                        rec.credentials.push(g);
+                    }
+                }
+                Ok(text)
+            }
+            Injection::Refuse { grant, why } => {
+                rec.credentials.push(grant);
+                Err(why)
+            }
+        }
+    };
+    let path = apply(&target.path)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for h in headers {
+        let name = h.name.to_ascii_lowercase();
+        // Hop-by-hop headers stay between the task and the proxy.
+        if name.starts_with("proxy-") || name == "connection" || name == "keep-alive" {
+            continue;
+        }
+        let value = apply(&String::from_utf8_lossy(h.value))?;
+        head.push_str(h.name);
+        head.push_str(": ");
+        head.push_str(&value);
+        head.push_str("\r\n");
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    Ok(head)
+}
+
 /// Why an allowed-by-name connection did not happen.
 enum Unreached {
     /// Policy (the name's addresses) refused it.
@@ -393,6 +445,7 @@ fn new_record(host: String, port: u16, protocol: Protocol, policy: &Policy) -> C
         addr: None,
         protocol,
         error: None,
+        credentials: Vec::new(),
         bytes_up: 0,
         bytes_down: 0,
         duration_ms: 0,
@@ -400,14 +453,15 @@ fn new_record(host: String, port: u16, protocol: Protocol, policy: &Policy) -> C
 }
 
 /// Serves one client connection.
-async fn serve(client: TcpStream, policy: &Policy, resolver: &Resolver) -> Option<ConnRecord> {
+async fn serve(client: TcpStream, shared: &Shared) -> Option<ConnRecord> {
+    let (policy, resolver) = (&shared.policy, &shared.resolver);
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HEAD_TIMEOUT, client.peek(&mut first)).await;
     let mut rec = match peeked {
         Ok(Ok(1)) if first[0] == SOCKS5 => serve_socks(client, policy, resolver).await?,
-        Ok(Ok(1)) => serve_http(client, policy, resolver).await?,
+        Ok(Ok(1)) => serve_http(client, policy, resolver, shared.injector.as_deref()).await?,
         _ => return None,
     };
     rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -418,6 +472,7 @@ async fn serve_http(
     mut client: TcpStream,
     policy: &Policy,
     resolver: &Resolver,
+    injector: Option<&dyn Injector>,
 ) -> Option<ConnRecord> {
     let Some((buf, end)) = read_head(&mut client).await else {
         respond(
@@ -456,6 +511,34 @@ async fn serve_http(
         Protocol::Http
     };
     let mut rec = new_record(target.host.clone(), target.port, protocol, policy);
+    // The forwarded head is built (and credential placeholders swapped or
+    // refused) before anything is connected.
+    let head = if connect {
+        None
+    } else {
+        match forward_head(&method, &target, req.headers, injector, &mut rec) {
+            Ok(h) => Some(h),
+            Err(why) => {
+                if let Decision::Allow { .. } = rec.decision {
+                    rec.decision = Decision::Deny {
+                        rule: None,
+                        reason: DenyReason::Credential(why.clone()),
+                    };
+                }
+                respond(
+                    &mut client,
+                    "403 Forbidden",
+                    Some(&format!("credential: {why}")),
+                    &format!(
+                        "taskbox: request to {}:{} refused: {why}\n",
+                        rec.host, rec.port
+                    ),
+                )
+                .await;
+                return Some(rec);
+            }
+        }
+    };
     let mut upstream = match reach(&mut rec, policy, resolver).await {
         Ok(s) => s,
         Err(Unreached::Denied) => {
@@ -483,32 +566,22 @@ async fn serve_http(
             return Some(rec);
         }
     };
-    if connect {
-        if client
-            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return Some(rec);
-        }
-    } else {
-        let mut head = format!("{method} {} HTTP/1.1\r\n", target.path);
-        for h in req.headers.iter() {
-            let name = h.name.to_ascii_lowercase();
-            // Hop-by-hop headers stay between the task and the proxy.
-            if name.starts_with("proxy-") || name == "connection" || name == "keep-alive" {
-                continue;
+    match head {
+        None => {
+            if client
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return Some(rec);
             }
-            head.push_str(h.name);
-            head.push_str(": ");
-            head.push_str(&String::from_utf8_lossy(h.value));
-            head.push_str("\r\n");
         }
-        head.push_str("Connection: close\r\n\r\n");
-        if upstream.write_all(head.as_bytes()).await.is_err() {
-            return Some(rec);
+        Some(head) => {
+            if upstream.write_all(head.as_bytes()).await.is_err() {
+                return Some(rec);
+            }
+            rec.bytes_up += head.len() as u64;
         }
-        rec.bytes_up += head.len() as u64;
     }
     if end < buf.len() {
         let _ = upstream.write_all(&buf[end..]).await;

@@ -120,4 +120,7 @@ pub struct Outcome {
     pub usage: Usage,
     /// Where the launch spent its time.
     pub timings: Timings,
+    /// File credentials whose lease ended (and whose file was removed) while
+    /// the task ran, in order.
+    pub leases_ended: Vec<String>,
 }

@@ -5,6 +5,7 @@
 
 mod approval;
 mod audit;
+mod credentials;
 mod egress;
 mod limits;
 mod overlay;

@@ -132,15 +132,25 @@ fn enforcement_floor_refuses_with_126() {
 }
 
 #[test]
-fn features_this_build_lacks_are_refused_not_faked() {
+fn a_header_grant_without_the_proxy_is_refused_not_dropped() {
     let t = TestBox::new(Mode::Root);
     let p = t.profile(
         "grants",
-        "extends = \"shared-change\"\n[credentials]\ngrant = [{ name = \"gh\", from = \"env:GH_TOKEN\", as = \"env:GH_TOKEN\", ttl = \"5m\" }]\n",
+        "extends = \"shared-change\"\n[credentials]\ngrant = [{ name = \"gh\", from = \"env:GH_TOKEN\", to = \"api.github.com\", as = \"header\", ttl = \"5m\" }]\n",
     );
-    let r = t.taskbox(&["run", "-p", &p, "--", "/bin/true"]);
+    let r = t.taskbox(&["run", "-p", &p, "--json", "--", "/bin/true"]);
     r.code(126);
-    assert!(r.stderr.contains("credential grants"), "{}", r.stderr);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    t.taskbox(&["approve", &id]).code(0);
+    let mut c = t.cmd(&["run", "--task", &id]);
+    c.env("GH_TOKEN", "ghp_test_value");
+    let r = crate::support::run(c);
+    r.code(125);
+    assert!(
+        r.stderr.contains("needs `[network] mode = \"proxy\"`"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

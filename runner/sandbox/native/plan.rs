@@ -52,6 +52,51 @@ pub struct NativePlan {
     /// and hands to the command as inherited descriptors (the WASM backend's
     /// compiled module, which lives in the hidden state directory).
     pub inherit: Vec<InheritFile>,
+    /// Credentials delivered as files on the task's private in-memory /tmp.
+    pub secret_files: Vec<SecretFile>,
+}
+
+/// A credential the stage writes, mode 0400, under the task's private
+/// in-memory `/tmp` (namespace mode only) and removes when its lease ends.
+/// Travels only over the stage's socketpair; `Debug` hides the value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    /// Grant name (the file's name).
+    pub name: String,
+    /// The value.
+    pub value: String,
+    /// Lease end, in milliseconds after the stage starts.
+    pub expires_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFile")
+            .field("name", &self.name)
+            .field("value", &"***")
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
+}
+
+/// Where the task finds a file credential: `/tmp/.taskbox-credentials/NAME`.
+pub fn secret_file_path(name: &str) -> PathBuf {
+    PathBuf::from("/tmp/.taskbox-credentials").join(name)
+}
+
+/// The variable that holds a file credential's path.
+pub fn secret_file_var(name: &str) -> String {
+    let up: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("TASKBOX_CREDENTIAL_FILE_{up}")
 }
 
 /// A host file handed to the command as an open read-only descriptor whose
@@ -170,6 +215,7 @@ pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, Native
         },
         overlay,
         inherit: Vec::new(),
+        secret_files: Vec::new(),
     })
 }
 

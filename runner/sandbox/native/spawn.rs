@@ -319,7 +319,8 @@ impl Running {
                 let _ = self.finish_wait();
                 Err(NativeError::Stage { code, message })
             }
-            Ok(StageMsg::Exited { .. } | StageMsg::Done { .. }) | Err(_) => {
+            Ok(StageMsg::Exited { .. } | StageMsg::Done { .. } | StageMsg::LeaseEnded { .. })
+            | Err(_) => {
                 let status = self.finish_wait().map(|(s, _)| s).unwrap_or(-1);
                 Err(NativeError::Stage {
                     code: 125,
@@ -371,8 +372,10 @@ impl Running {
         let mut exit = None;
         let mut limit = None;
         let mut done = None;
+        let mut leases_ended = Vec::new();
         while let Ok(m) = self.msgs.recv() {
             match m {
+                StageMsg::LeaseEnded { name } => leases_ended.push(name),
                 StageMsg::Exited { exit: e, limit: l } => {
                     exit = Some(e);
                     limit = l;
@@ -440,6 +443,7 @@ impl Running {
                 ..usage
             },
             timings: std::mem::take(&mut self.timings),
+            leases_ended,
         })
     }
 

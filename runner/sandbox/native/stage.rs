@@ -50,6 +50,11 @@ pub enum StageMsg {
         /// CPU and memory of every process of the task.
         usage: crate::sandbox::Usage,
     },
+    /// A file credential's lease ended: the file is gone.
+    LeaseEnded {
+        /// Grant name.
+        name: String,
+    },
     /// The command ended.
     Exited {
         /// How.
@@ -272,6 +277,14 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
             },
         ));
     }
+    if isolation == Isolation::LandlockOnly && !plan.secret_files.is_empty() {
+        return Err((
+            126,
+            NativeError::Requirement {
+                missing: "credentials delivered as files need the task's private in-memory /tmp (a mount namespace), and namespaces are unavailable here: the file would land on disk. Hint: deliver it as `env:NAME` or `header`, or enable user namespaces".into(),
+            },
+        ));
+    }
     if isolation == Isolation::LandlockOnly && plan.overlay.is_some() {
         return Err((
             126,
@@ -368,6 +381,35 @@ fn wait_signal(set: &SigSet, deadline: Option<Instant>) -> Option<i32> {
             _ => continue, // EINTR
         }
     }
+}
+
+/// Writes file credentials under the task's private in-memory /tmp: the
+/// directory 0700, each file 0400, owned by the task's uid.
+fn write_secret_files(files: &[super::plan::SecretFile]) -> Result<(), NativeError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if files.is_empty() {
+        return Ok(());
+    }
+    let err = |what: &str, source| NativeError::Setup {
+        what: what.to_owned(),
+        source,
+    };
+    let dir = super::plan::secret_file_path("");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| err("create the credentials directory", e))?;
+    for f in files {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(super::plan::secret_file_path(&f.name))
+            .map_err(|e| err("write a credential file", e))?;
+        std::io::Write::write_all(&mut out, f.value.as_bytes())
+            .map_err(|e| err("write a credential file", e))?;
+    }
+    Ok(())
 }
 
 /// Outer stage in namespace mode: enforces the wall clock, relays signals to pid 1.
@@ -508,6 +550,7 @@ fn init(
         if spec.net.mode != NetMode::Host {
             setup(ns::loopback_up())?;
         }
+        setup(write_secret_files(&plan.secret_files))?;
         if spec.net.mode == NetMode::Proxy {
             proxy_port = Some(setup(proxy_listener())?);
         }
@@ -573,13 +616,19 @@ fn init(
     let inet = spec.net.mode != NetMode::None;
     let filters = setup(seccomp::build(inet))?;
     mark("prepared");
-    let fds: Vec<(String, String)> = inherited
+    let mut fds: Vec<(String, String)> = inherited
         .iter()
         .map(|(k, fd)| {
             use std::os::fd::AsRawFd as _;
             (k.clone(), fd.as_raw_fd().to_string())
         })
         .collect();
+    for f in &plan.secret_files {
+        fds.push((
+            super::plan::secret_file_var(&f.name),
+            super::plan::secret_file_path(&f.name).display().to_string(),
+        ));
+    }
     let (exe, argv, envp) =
         exec_args(plan, &tmp, proxy_port, &fds).map_err(|e| (e.exit_code(), e))?;
 
@@ -618,6 +667,17 @@ fn init(
     let set = handled();
     let mut status: Option<Exit> = None;
     let mut limit = None;
+    let started = START.get().copied().unwrap_or_else(Instant::now);
+    let mut leases: Vec<(String, Instant)> = plan
+        .secret_files
+        .iter()
+        .filter_map(|f| {
+            Some((
+                f.name.clone(),
+                started + Duration::from_millis(f.expires_ms?),
+            ))
+        })
+        .collect();
     loop {
         if let Some(exit) = status {
             kill_rest(isolation, child);
@@ -628,7 +688,26 @@ fn init(
             }
             return Ok(code);
         }
-        match wait_signal(&set, deadline) {
+        // A file credential whose lease ends before the deadline wakes us first.
+        let next_lease = leases.iter().map(|(_, at)| *at).min();
+        let wake = match (deadline, next_lease) {
+            (Some(d), Some(l)) => Some(d.min(l)),
+            (d, l) => d.or(l),
+        };
+        let woke = wait_signal(&set, wake);
+        if woke.is_none() && deadline.is_none_or(|d| Instant::now() < d) {
+            let now = Instant::now();
+            leases.retain(|(name, at)| {
+                if *at > now {
+                    return true;
+                }
+                let _ = std::fs::remove_file(super::plan::secret_file_path(name));
+                chan.send(&StageMsg::LeaseEnded { name: name.clone() });
+                false
+            });
+            continue;
+        }
+        match woke {
             None => {
                 limit = Some(LimitHit::Wall);
                 kill_rest(isolation, child);

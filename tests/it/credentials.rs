@@ -1,0 +1,272 @@
+//! Credentials as leases: granted by a shared-change profile after approval,
+//! delivered as its grant says, redacted from everything taskbox writes,
+//! injected by the proxy only for the granted host, ended on time. Checked
+//! from outside: the loopback server's view, the output, the audit log.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::support::{Mode, Run, TestBox, run};
+
+const VALUE: &str = "tb-SECRET-0123456789abcdef";
+
+/// Runs `script` under `profile` the way a human would: request, approve,
+/// run the approved task; `env` is the runner's environment for both runs.
+fn approved(t: &TestBox, profile: &str, script: &str, env: &[(&str, &str)]) -> Run {
+    let args = [
+        "run", "-p", profile, "--json", "--", "/bin/sh", "-c", script,
+    ];
+    let mut c = t.cmd(&args);
+    c.envs(env.iter().copied());
+    let r = run(c);
+    r.code(126);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    t.taskbox(&["approve", &id, "--by", "carol"]).code(0);
+    let mut c = t.cmd(&["run", "--task", &id, "--json"]);
+    c.envs(env.iter().copied());
+    run(c)
+}
+
+fn grant_profile(t: &TestBox, grants: &str, extra: &str) -> String {
+    t.profile(
+        "creds",
+        &format!("extends = \"shared-change\"\n{extra}\n[credentials]\ngrant = [{grants}]\n"),
+    )
+}
+
+fn audit_text(t: &TestBox) -> String {
+    std::fs::read_to_string(t.state.join("audit.log")).unwrap()
+}
+
+#[test]
+fn env_grants_reach_the_task_and_are_redacted_everywhere() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let p = grant_profile(
+            &t,
+            r#"{ name = "tok", from = "env:TB_TOKEN", as = "env:MY_TOKEN", ttl = "5m" }"#,
+            "",
+        );
+        // The task uses the value, echoes it, base64s it, URL-encodes it and
+        // writes it split across two writes.
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(VALUE.as_bytes()));
+        let script = format!(
+            r#"test "$(printf %s "$MY_TOKEN" | sha256sum | cut -d' ' -f1)" = {digest} && echo delivered
+echo "plain $MY_TOKEN"
+printf %s "$MY_TOKEN" | base64
+printf 'split '; printf %s "$MY_TOKEN" | head -c 9; sleep 0.2; printf %s "$MY_TOKEN" | tail -c +10; echo
+echo "to stderr $MY_TOKEN" >&2
+exit 3"#
+        );
+        let r = approved(&t, &p, &script, &[("TB_TOKEN", VALUE)]);
+        r.code(3);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(VALUE);
+        assert!(r.stdout.contains("delivered"), "{m:?} {r:?}");
+        for out in [&r.stdout, &r.stderr, &audit_text(&t)] {
+            assert!(
+                !out.contains(VALUE) && !out.contains(&b64),
+                "{m:?}: value leaked: {out}"
+            );
+        }
+        assert!(r.stdout.contains("plain [redacted:tok]"), "{r:?}");
+        assert!(r.stdout.contains("split [redacted:tok]"), "{r:?}");
+        assert_eq!(r.stdout.matches("[redacted:tok]").count(), 3, "{r:?}");
+        assert!(r.stderr.contains("to stderr [redacted:tok]"), "{r:?}");
+        let log = audit_text(&t);
+        assert!(
+            log.contains("\"kind\":\"credential-granted\"") && log.contains("\"fingerprint\""),
+            "{log}"
+        );
+        assert!(log.contains("\"kind\":\"credential-ended\""), "{log}");
+        t.taskbox(&["audit", "verify"]).code(0);
+    }
+}
+
+#[test]
+fn secrets_are_invisible_to_explore_tasks() {
+    let t = TestBox::new(Mode::User);
+    let mut c = t.cmd(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c TB_TOKEN; env | grep -c tb-SECRET; true",
+    ]);
+    c.env("TB_TOKEN", VALUE);
+    let r = run(c);
+    r.code(0);
+    assert!(!r.stdout.contains(VALUE), "{r:?}");
+    assert_eq!(r.stdout.trim(), "0\n0", "{r:?}");
+    // And an explore profile cannot grant one at all.
+    let p = t.profile(
+        "bad",
+        "extends = \"explore\"\n[credentials]\ngrant = [{ name = \"x\", from = \"env:TB_TOKEN\", as = \"env:X\" }]\n",
+    );
+    let r = t.taskbox(&["profile", "check", &p]);
+    r.code(125);
+}
+
+#[test]
+fn missing_sources_stop_the_task_before_it_runs() {
+    let t = TestBox::new(Mode::Root);
+    let p = grant_profile(
+        &t,
+        r#"{ name = "tok", from = "env:TB_ABSENT", as = "env:MY_TOKEN" }"#,
+        "",
+    );
+    let r = approved(&t, &p, "echo ran >> hello.txt", &[]);
+    r.code(125);
+    assert!(
+        r.stderr.contains("credential `tok`") && r.stderr.contains("missing or empty"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+    // A command source runs outside the sandbox and feeds the grant.
+    let p = grant_profile(
+        &t,
+        r#"{ name = "c", from = "cmd:printf cmd-value-42", as = "env:FROM_CMD" }"#,
+        "",
+    );
+    let r = approved(&t, &p, "test \"$FROM_CMD\" = cmd-value-42 && echo got", &[]);
+    r.code(0);
+    assert!(r.stdout.contains("got"), "{r:?}");
+}
+
+/// A loopback HTTP server that keeps every request head it receives.
+fn recording_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf).into_owned());
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn header_grants_are_injected_for_their_host_only() {
+    let t = TestBox::new(Mode::Root);
+    let (port, seen) = recording_server();
+    let p = grant_profile(
+        &t,
+        &format!(
+            r#"{{ name = "api", from = "env:TB_API", to = "api.test:{port}", as = "header", ttl = "5m" }}"#
+        ),
+        &format!(
+            "[network]\nmode = \"proxy\"\nallow = [\"api.test:{port}\", \"other.test:{port}\", \"127.0.0.1:{port}\"]\n"
+        ),
+    );
+    let script = format!(
+        r#"case "$TB_API" in taskbox-placeholder-api-*) echo placeholder ;; esac
+curl -sS -H "Authorization: Bearer $TB_API" http://api.test:{port}/a
+curl -sS -i -H "Authorization: Bearer $TB_API" http://other.test:{port}/b
+echo "the task printed $TB_API""#
+    );
+    let mut c_env = vec![
+        ("TB_API", VALUE),
+        (
+            "TASKBOX_TEST_RESOLVE",
+            "api.test=127.0.0.1,other.test=127.0.0.1",
+        ),
+    ];
+    c_env.sort();
+    let r = approved(&t, &p, &script, &c_env);
+    r.code(0);
+    assert!(
+        r.stdout.contains("placeholder"),
+        "the task saw the value: {r:?}"
+    );
+    assert!(!r.stdout.contains(VALUE), "{r:?}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("GET /a "), "{heads:?}");
+    assert!(
+        heads[0].contains(&format!("Authorization: Bearer {VALUE}")),
+        "{heads:?}"
+    );
+    assert!(
+        r.stdout.contains("403 Forbidden")
+            && r.stdout
+                .contains("not a host credential `api` may be sent to"),
+        "{r:?}"
+    );
+    let log = audit_text(&t);
+    assert!(!log.contains(VALUE), "{log}");
+    assert!(
+        log.contains("\"kind\":\"credential-used\"") && log.contains("\"host\":\"api.test\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"credential\""),
+        "the refusal is in the connection record: {log}"
+    );
+}
+
+#[test]
+fn leases_end_on_time() {
+    let t = TestBox::new(Mode::User);
+    // The file lease ends after 1 s: its file disappears while the task runs.
+    // The task outlives its longest lease (3 s) and is stopped: 124.
+    let p = grant_profile(
+        &t,
+        r#"{ name = "f", from = "env:TB_TOKEN", as = "file", ttl = "1s" }, { name = "e", from = "env:TB_TOKEN", as = "env:E", ttl = "3s" }"#,
+        "",
+    );
+    let script = r#"cat "$TASKBOX_CREDENTIAL_FILE_F" | head -c 5; echo; ls -l "$TASKBOX_CREDENTIAL_FILE_F" | cut -c1-10
+sleep 2; test -e "$TASKBOX_CREDENTIAL_FILE_F" && echo still || echo gone
+sleep 30; echo never"#;
+    let started = Instant::now();
+    let r = approved(&t, &p, script, &[("TB_TOKEN", VALUE)]);
+    r.code(124);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        r.stdout.contains("tb-SE") && r.stdout.contains("-r--------"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("gone") && !r.stdout.contains("never"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("the lease of credential `e` ended"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json()["lease_ended"], "e");
+    let log = audit_text(&t);
+    assert!(log.contains("\"name\":\"f\",\"how\":\"expired\""), "{log}");
+    // Nothing of the file is left on the host.
+    assert!(!log.contains(VALUE));
+}
