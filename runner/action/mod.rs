@@ -285,10 +285,15 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     .iter()
                     .map(|g| {
                         format!(
-                            "{} (from {}, as {:?})",
+                            "{} (from {}, as {:?}{})",
                             g.name,
                             g.from.split(':').next().unwrap_or(""),
-                            g.deliver
+                            g.deliver,
+                            if g.to.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", to {}", g.to.join(", "))
+                            }
                         )
                     })
                     .collect();
@@ -402,7 +407,43 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             lease_stops = true;
         }
     }
-    let redactor = credentials::Redactor::new(&leases);
+    // The task identity token: signed claims that bind this task to its
+    // agent, human, profile and hosts, valid as long as the task may run.
+    let mut identity = None;
+    if prof.identity {
+        let ttl = spec.limits.wall_ms.map_or(
+            std::time::Duration::from_secs(15 * 60),
+            std::time::Duration::from_millis,
+        );
+        let claims = credentials::Claims::for_task(
+            task.as_str(),
+            agent.clone(),
+            on_behalf_of.clone(),
+            format!("{}@{}", prof.name, prof.digest),
+            prof.net.allow.clone(),
+            ttl,
+        );
+        match credentials::Keys::in_dir(&state.root().join("keys")).mint(&claims) {
+            Ok(tok) => {
+                spec.env.vars.retain(|(k, _)| k != "TASKBOX_IDENTITY_TOKEN");
+                spec.env
+                    .vars
+                    .push(("TASKBOX_IDENTITY_TOKEN".into(), tok.clone()));
+                identity = Some(credentials::Lease {
+                    name: "identity".into(),
+                    secret: credentials::Secret::new(tok),
+                    deliver: Delivery::Env("TASKBOX_IDENTITY_TOKEN".into()),
+                    to: prof.net.allow.clone(),
+                    placeholder: None,
+                    expires: None,
+                    ttl: Some(ttl),
+                });
+            }
+            Err(e) => return refuse(EXIT_TASKBOX, e.to_string()),
+        }
+    }
+    let redactor =
+        credentials::Redactor::new(&leases.iter().chain(identity.as_ref()).collect::<Vec<_>>());
     let audit = if redactor.is_empty() {
         audit.clone()
     } else {
@@ -420,15 +461,21 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         )
     };
     let broker = std::sync::Arc::new(credentials::Broker::new(&leases));
-    if !leases.is_empty() {
+    if !leases.is_empty() || identity.is_some() {
+        let sources = prof
+            .grants
+            .iter()
+            .map(|g| g.from.split(':').next().unwrap_or_default().to_owned())
+            .chain(identity.iter().map(|_| "taskbox".to_owned()));
         audit.append_all(
             leases
                 .iter()
-                .zip(&prof.grants)
-                .map(|(l, g)| AuditEvent::CredentialGranted {
+                .chain(identity.as_ref())
+                .zip(sources)
+                .map(|(l, source)| AuditEvent::CredentialGranted {
                     task: task.to_string(),
                     name: l.name.clone(),
-                    source: g.from.split(':').next().unwrap_or_default().to_owned(),
+                    source,
                     delivery: match &l.deliver {
                         Delivery::Header => "header".to_owned(),
                         Delivery::Env(v) => format!("env:{v}"),
@@ -570,7 +617,14 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     );
     let _ = std::fs::remove_dir_all(&host_tmp);
     match result {
-        Ok((outcome, conns)) => {
+        Ok((mut outcome, conns)) => {
+            for l in leases.iter().filter(|l| l.deliver == Delivery::Header) {
+                outcome.enforcement.notes.push(format!(
+                    "credential `{}` is injected into plain-HTTP requests to {} only; HTTPS to those hosts passes through untouched (TLS interception is not built), so the task's placeholder reaches them unchanged",
+                    l.name,
+                    l.to.join(", ")
+                ));
+            }
             let status = match outcome.limit_hit {
                 Some(LimitHit::Wall) => EXIT_TIMEOUT,
                 Some(LimitHit::Output) | None => outcome.exit.status(),

@@ -3,11 +3,13 @@
 
 mod approve;
 mod audit;
+mod creds;
 mod doctor;
 mod exec;
 mod profile;
 mod run;
 mod task;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,12 @@ enum Command {
     /// List, show, diff, promote, revert, discard and prune tasks.
     #[command(subcommand)]
     Task(task::TaskCmd),
+    /// Verify and rotate task identity tokens.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// Credential inventory across every profile, for access reviews.
+    #[command(subcommand)]
+    Creds(creds::CredsCmd),
     /// Show what this kernel can enforce, and which profiles can run here.
     Doctor(doctor::DoctorArgs),
     /// The launch stage (internal).
@@ -68,6 +76,8 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Audit(a) => a.execute(),
         Command::Doctor(a) => a.execute(),
         Command::Task(a) => a.execute(),
+        Command::Token(a) => a.execute(),
+        Command::Creds(a) => a.execute(),
         Command::Approve(a) => a.execute(approve::Decision::Approve),
         Command::Deny(a) => a.execute(approve::Decision::Deny),
         Command::Exec(a) => a.execute(),

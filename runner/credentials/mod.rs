@@ -9,6 +9,7 @@
 
 mod redact;
 mod source;
+mod token;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,6 +22,7 @@ use crate::proxy::{HostPattern, Injection, Injector};
 
 pub use redact::{RedactWriter, Redactor};
 pub use source::fetch;
+pub use token::{Claims, Keys, TokenError};
 
 /// A credential's value. No `Display`, no `Serialize`; `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]

@@ -40,9 +40,10 @@ impl Redactor {
     }
 
     /// For the task's leases; with none, it changes nothing.
-    pub fn new(leases: &[Lease]) -> Self {
+    pub fn new<L: std::borrow::Borrow<Lease>>(leases: &[L]) -> Self {
         let mut forms: Vec<(Vec<u8>, String)> = Vec::new();
         for l in leases {
+            let l = l.borrow();
             let v = l.secret.expose().as_bytes();
             let marker = format!("[redacted:{}]", l.name);
             let b64 = [
@@ -235,7 +236,7 @@ mod tests {
 
     #[test]
     fn without_grants_nothing_changes_or_waits() {
-        let r = Redactor::new(&[]);
+        let r = Redactor::new::<Lease>(&[]);
         let mut out = Vec::new();
         let mut w = RedactWriter::new(&mut out, r);
         w.write_all(b"abc").unwrap();

@@ -80,12 +80,21 @@ pub fn explain(p: &Profile) -> String {
     if !p.net.deny.is_empty() {
         let _ = writeln!(o, "hosts always denied: {}", list(&p.net.deny));
     }
-    if p.grants.is_empty() {
+    if p.grants.is_empty() && !p.identity {
         let _ = writeln!(o, "credentials: none");
+    }
+    if p.identity {
+        let _ = writeln!(
+            o,
+            "identity: each task gets a signed token in $TASKBOX_IDENTITY_TOKEN (task, agent, human, profile, hosts; expires with the task)"
+        );
     }
     for g in &p.grants {
         let how = match &g.deliver {
-            Delivery::Header => format!("injected by the proxy for {}", g.to.join(", ")),
+            Delivery::Header => format!(
+                "injected by the proxy into plain-HTTP requests to {} (the task sees a placeholder)",
+                g.to.join(", ")
+            ),
             Delivery::Env(v) => format!("in ${v}"),
             Delivery::File => "in a private file".to_owned(),
         };

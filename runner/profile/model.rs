@@ -331,6 +331,8 @@ pub struct Profile {
     pub net: NetPolicy,
     /// Credentials.
     pub grants: Vec<Grant>,
+    /// Whether each task gets a signed identity token.
+    pub identity: bool,
     /// Environment.
     pub env: EnvPolicy,
     /// Limits.
@@ -374,6 +376,7 @@ impl Profile {
                 deny: Vec::new(),
             },
             grants: Vec::new(),
+            identity: false,
             env: EnvPolicy::default(),
             limits: Limits::default(),
             approval_required: false,
@@ -574,10 +577,22 @@ impl Profile {
         }
         if let Some(creds) = credentials {
             let span = creds.span();
-            let Some(grants) = creds.into_inner().grant else {
+            let creds = creds.into_inner();
+            if creds.grant.is_none() && creds.identity.is_none() {
                 return Err(empty_section(src, "credentials", span));
-            };
-            for g in grants {
+            }
+            if let Some(id) = creds.identity {
+                let on = *id.get_ref();
+                if on && !self.identity {
+                    push(widen(
+                        "credentials.identity",
+                        "a task identity token".into(),
+                        &id.span(),
+                    ));
+                }
+                self.identity = on;
+            }
+            for g in creds.grant.unwrap_or_default() {
                 let gspan = g.span();
                 let grant = grant(src, g)?;
                 push(widen("credentials.grant", grant.name.clone(), &gspan));
@@ -791,7 +806,7 @@ impl Profile {
                 }
             }
         }
-        if !self.grants.is_empty() && self.kind != Kind::SharedChange {
+        if (!self.grants.is_empty() || self.identity) && self.kind != Kind::SharedChange {
             return Err(whole(
                 "credentials.grant",
                 "credentials may only be granted by a profile of kind \"shared-change\"".into(),

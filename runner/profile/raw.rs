@@ -145,6 +145,9 @@ pub struct CredentialsToml {
     /// Credential grants.
     #[schemars(with = "Option<Vec<GrantToml>>")]
     pub grant: Option<Vec<Spanned<GrantToml>>>,
+    /// Mint a short-lived signed task identity token (`TASKBOX_IDENTITY_TOKEN`).
+    #[schemars(with = "Option<bool>")]
+    pub identity: Option<Spanned<bool>>,
 }
 
 /// One credential grant.

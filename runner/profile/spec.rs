@@ -126,6 +126,7 @@ impl Profile {
             fs,
             net,
             grants: _,
+            identity: _,
             env,
             limits,
             approval_required: _,

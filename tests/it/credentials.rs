@@ -270,3 +270,77 @@ sleep 30; echo never"#;
     // Nothing of the file is left on the host.
     assert!(!log.contains(VALUE));
 }
+
+#[test]
+fn identity_tokens_verify_and_fail_once_tampered_or_rotated_out() {
+    let t = TestBox::new(Mode::User);
+    let p = t.profile(
+        "ident",
+        "extends = \"shared-change\"\n[credentials]\nidentity = true\n",
+    );
+    let r = approved(
+        &t,
+        &p,
+        "printf %s \"$TASKBOX_IDENTITY_TOKEN\" > token.txt; echo \"$TASKBOX_IDENTITY_TOKEN\"",
+        &[],
+    );
+    r.code(0);
+    assert!(r.stdout.contains("[redacted:identity]"), "{r:?}");
+    let token = std::fs::read_to_string(t.ws.join("token.txt")).unwrap();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+    let v = t.taskbox(&["token", "verify", &token]);
+    v.code(0);
+    let claims: serde_json::Value = serde_json::from_str(&v.stdout).unwrap();
+    assert_eq!(claims["sub"], r.json()["task"]);
+    assert!(claims["profile"].as_str().unwrap().starts_with("ident@"));
+    // One changed character in the signature: refused.
+    let mut bad = token.clone().into_bytes();
+    let last = bad.len() - 2;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    t.taskbox(&["token", "verify", std::str::from_utf8(&bad).unwrap()])
+        .code(1);
+    // Rotated with a grace period it still verifies; once that ends, it fails.
+    t.taskbox(&["token", "rotate", "--grace", "1s"]).code(0);
+    t.taskbox(&["token", "verify", &token]).code(0);
+    std::thread::sleep(Duration::from_millis(2100));
+    let v = t.taskbox(&["token", "verify", &token]);
+    v.code(1);
+    assert!(v.stderr.contains("rotated out"), "{}", v.stderr);
+    // And an explore profile cannot ask for one.
+    let bad = t.profile(
+        "bad-ident",
+        "extends = \"explore\"\n[credentials]\nidentity = true\n",
+    );
+    t.taskbox(&["profile", "check", &bad]).code(125);
+}
+
+#[test]
+fn the_inventory_lists_every_grant_by_profile() {
+    let t = TestBox::new(Mode::Root);
+    std::fs::create_dir_all(t.config.join("taskbox/profiles")).unwrap();
+    std::fs::write(
+        t.config.join("taskbox/profiles/deploy.toml"),
+        "extends = \"shared-change\"\n[network]\nmode = \"proxy\"\nallow = [\"api.test\"]\n[credentials]\nidentity = true\ngrant = [{ name = \"gh\", from = \"env:GH_TOKEN\", to = \"api.test\", as = \"header\", ttl = \"15m\" }]\n",
+    )
+    .unwrap();
+    let r = t.taskbox(&["creds", "inventory", "--json"]);
+    r.code(0);
+    let rows: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["grant"], "gh");
+    assert_eq!(rows[0]["delivery"], "header");
+    assert_eq!(rows[0]["to"][0], "api.test");
+    assert_eq!(rows[0]["ttl"], "15m");
+    assert_eq!(rows[0]["approval"], "required");
+    assert_eq!(rows[1]["grant"], "identity");
+    let table = t.taskbox(&["creds", "inventory"]);
+    assert!(
+        table.stdout.contains("deploy@") && table.stdout.contains("gh"),
+        "{}",
+        table.stdout
+    );
+}
