@@ -154,6 +154,10 @@ fn peak_rss_kib() -> u64 {
         .map_or(0, |u| u64::try_from(u.max_rss()).unwrap_or(0))
 }
 
+/// Name of the file credential that carries the system CAs plus the task's
+/// interception CA.
+const CA_BUNDLE: &str = "taskbox-ca-bundle.pem";
+
 /// What a task runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunMode {
@@ -461,6 +465,46 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         )
     };
     let broker = std::sync::Arc::new(credentials::Broker::new(&leases));
+    // HTTPS to a header grant's hosts: a per-task CA the task trusts (its
+    // key stays here) lets the proxy swap the placeholder there too.
+    let mut interceptor = None;
+    if !broker.is_empty() {
+        let hosts: Vec<String> = leases
+            .iter()
+            .filter(|l| l.deliver == Delivery::Header)
+            .flat_map(|l| l.to.iter().cloned())
+            .collect();
+        let extra = caller_env
+            .iter()
+            .find(|(k, _)| k == "TASKBOX_UPSTREAM_CA_FILE")
+            .and_then(|(_, p)| std::fs::read_to_string(p).ok());
+        match proxy::Interceptor::new(&hosts, extra.as_deref()) {
+            Ok(i) => {
+                let mut bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+                    .unwrap_or_default();
+                bundle.push_str(&i.ca_pem());
+                let path = native::secret_file_path(CA_BUNDLE).display().to_string();
+                for var in [
+                    "SSL_CERT_FILE",
+                    "CURL_CA_BUNDLE",
+                    "REQUESTS_CA_BUNDLE",
+                    "GIT_SSL_CAINFO",
+                    "NODE_EXTRA_CA_CERTS",
+                    "PIP_CERT",
+                ] {
+                    spec.env.vars.retain(|(k, _)| k != var);
+                    spec.env.vars.push((var.to_owned(), path.clone()));
+                }
+                secret_files.push(native::SecretFile {
+                    name: CA_BUNDLE.to_owned(),
+                    value: bundle,
+                    expires_ms: None,
+                });
+                interceptor = Some(std::sync::Arc::new(i));
+            }
+            Err(e) => return refuse(EXIT_TASKBOX, e.to_string()),
+        }
+    }
     if !leases.is_empty() || identity.is_some() {
         let sources = prof
             .grants
@@ -612,15 +656,17 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 .find(|(k, _)| k == "TASKBOX_TEST_RESOLVE")
                 .map(|(_, v)| v.as_str()),
         ),
-        (!broker.is_empty())
-            .then(|| std::sync::Arc::clone(&broker) as std::sync::Arc<dyn proxy::Injector>),
+        (!broker.is_empty()).then(|| proxy::Inject {
+            injector: std::sync::Arc::clone(&broker) as std::sync::Arc<dyn proxy::Injector>,
+            interceptor: interceptor.clone(),
+        }),
     );
     let _ = std::fs::remove_dir_all(&host_tmp);
     match result {
         Ok((mut outcome, conns)) => {
             for l in leases.iter().filter(|l| l.deliver == Delivery::Header) {
                 outcome.enforcement.notes.push(format!(
-                    "credential `{}` is injected into plain-HTTP requests to {} only; HTTPS to those hosts passes through untouched (TLS interception is not built), so the task's placeholder reaches them unchanged",
+                    "credential `{}` is injected by the proxy into requests to {}; HTTPS to those hosts is intercepted with a per-task CA the task trusts through SSL_CERT_FILE (and CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE, GIT_SSL_CAINFO, NODE_EXTRA_CA_CERTS, PIP_CERT); one request per connection",
                     l.name,
                     l.to.join(", ")
                 ));
@@ -755,7 +801,7 @@ fn launch_and_wait(
     agent: Option<String>,
     on_behalf_of: Option<String>,
     resolver: proxy::Resolver,
-    injector: Option<std::sync::Arc<dyn proxy::Injector>>,
+    injector: Option<proxy::Inject>,
 ) -> Result<(Outcome, Vec<proxy::ConnRecord>), Launch> {
     let mut running =
         native::launch(plan, stage_exe, stdout, stderr, task.as_str()).map_err(Launch::Refused)?;

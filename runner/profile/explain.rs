@@ -92,7 +92,7 @@ pub fn explain(p: &Profile) -> String {
     for g in &p.grants {
         let how = match &g.deliver {
             Delivery::Header => format!(
-                "injected by the proxy into plain-HTTP requests to {} (the task sees a placeholder)",
+                "injected by the proxy into requests to {} (HTTPS through a per-task CA; the task sees a placeholder)",
                 g.to.join(", ")
             ),
             Delivery::Env(v) => format!("in ${v}"),

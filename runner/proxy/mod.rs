@@ -8,9 +8,11 @@
 
 mod policy;
 mod server;
+mod tls;
 
 pub use policy::{Decision, DenyReason, HostPattern, Policy, special};
-pub use server::{ConnRecord, Protocol, ProxyHandle, Recorder, Resolver, start};
+pub use server::{ConnRecord, Inject, Protocol, ProxyHandle, Recorder, Resolver, start};
+pub use tls::{Interceptor, TlsError};
 
 /// What to do with one piece of a request (a header value, the target).
 #[derive(Debug, Clone, PartialEq, Eq)]

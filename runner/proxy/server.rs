@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::policy::{Decision, DenyReason, Policy};
+use super::tls::Interceptor;
 use super::{Injection, Injector};
 
 /// Largest request head accepted (request line + headers).
@@ -142,8 +143,18 @@ struct Shared {
     policy: Policy,
     resolver: Resolver,
     injector: Option<Arc<dyn Injector>>,
+    interceptor: Option<Arc<Interceptor>>,
     recorder: Box<dyn Recorder>,
     records: Arc<Mutex<Vec<ConnRecord>>>,
+}
+
+/// Header credentials for the proxy: who swaps placeholders, and (for
+/// HTTPS) the interception authority for the grants' hosts.
+pub struct Inject {
+    /// Swaps placeholders for values.
+    pub injector: Arc<dyn Injector>,
+    /// Terminates TLS for the grants' hosts, if any are HTTPS.
+    pub interceptor: Option<Arc<Interceptor>>,
 }
 
 /// Serves `listener` (in the task's network namespace) on a thread of its own.
@@ -154,9 +165,16 @@ pub fn start(
     listener: std::net::TcpListener,
     policy: Policy,
     resolver: Resolver,
-    injector: Option<Arc<dyn Injector>>,
+    inject: Option<Inject>,
     recorder: Box<dyn Recorder>,
 ) -> std::io::Result<ProxyHandle> {
+    let (injector, interceptor) = match inject {
+        Some(Inject {
+            injector,
+            interceptor,
+        }) => (Some(injector), interceptor),
+        None => (None, None),
+    };
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -168,6 +186,7 @@ pub fn start(
         policy,
         resolver,
         injector,
+        interceptor,
         recorder,
         records: Arc::clone(&records),
     });
@@ -222,7 +241,7 @@ pub fn start(
 }
 
 /// Reads a request head; `None` on timeout, overflow or a closed connection.
-async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>, usize)> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 2048];
     let read = async {
@@ -244,7 +263,12 @@ async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
     Some((buf, end))
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, denied: Option<&str>, body: &str) {
+async fn respond<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    denied: Option<&str>,
+    body: &str,
+) {
     let mut head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -461,19 +485,16 @@ async fn serve(client: TcpStream, shared: &Shared) -> Option<ConnRecord> {
     let peeked = tokio::time::timeout(HEAD_TIMEOUT, client.peek(&mut first)).await;
     let mut rec = match peeked {
         Ok(Ok(1)) if first[0] == SOCKS5 => serve_socks(client, policy, resolver).await?,
-        Ok(Ok(1)) => serve_http(client, policy, resolver, shared.injector.as_deref()).await?,
+        Ok(Ok(1)) => serve_http(client, shared).await?,
         _ => return None,
     };
     rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Some(rec)
 }
 
-async fn serve_http(
-    mut client: TcpStream,
-    policy: &Policy,
-    resolver: &Resolver,
-    injector: Option<&dyn Injector>,
-) -> Option<ConnRecord> {
+async fn serve_http(mut client: TcpStream, shared: &Shared) -> Option<ConnRecord> {
+    let (policy, resolver) = (&shared.policy, &shared.resolver);
+    let injector = shared.injector.as_deref();
     let Some((buf, end)) = read_head(&mut client).await else {
         respond(
             &mut client,
@@ -575,6 +596,12 @@ async fn serve_http(
             {
                 return Some(rec);
             }
+            if let Some(tls) = &shared.interceptor
+                && tls.covers(&rec.host, rec.port)
+            {
+                intercept(client, upstream, tls, injector, &mut rec).await;
+                return Some(rec);
+            }
         }
         Some(head) => {
             if upstream.write_all(head.as_bytes()).await.is_err() {
@@ -593,6 +620,116 @@ async fn serve_http(
         rec.bytes_down += down;
     }
     Some(rec)
+}
+
+/// A CONNECT tunnel to a host a header credential is bound to: terminate
+/// the task's TLS with a leaf of the task CA, verify the real server,
+/// forward one request with its placeholder swapped, then relay the rest.
+async fn intercept(
+    client: TcpStream,
+    upstream: TcpStream,
+    tls: &Interceptor,
+    injector: Option<&dyn Injector>,
+    rec: &mut ConnRecord,
+) {
+    let fail = |rec: &mut ConnRecord, why: String| rec.error = Some(why);
+    let cfg = match tls.server_config(&rec.host) {
+        Ok(c) => c,
+        Err(e) => return fail(rec, e.to_string()),
+    };
+    let accepted = tokio::time::timeout(
+        HEAD_TIMEOUT,
+        tokio_rustls::TlsAcceptor::from(cfg).accept(client),
+    )
+    .await;
+    let mut client = match accepted {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return fail(rec, format!("TLS from the task: {e}")),
+        Err(_) => return fail(rec, "TLS from the task: timed out".into()),
+    };
+    let name = match Interceptor::server_name(&rec.host) {
+        Ok(n) => n,
+        Err(e) => return fail(rec, e.to_string()),
+    };
+    let connected =
+        tokio::time::timeout(CONNECT_TIMEOUT, tls.connector().connect(name, upstream)).await;
+    let mut upstream = match connected {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            respond(
+                &mut client,
+                "502 Bad Gateway",
+                None,
+                &format!(
+                    "taskbox proxy: TLS to {} failed verification or setup: {e}\n",
+                    rec.host
+                ),
+            )
+            .await;
+            return fail(rec, format!("TLS to the server: {e}"));
+        }
+        Err(_) => return fail(rec, "TLS to the server: timed out".into()),
+    };
+    let Some((buf, end)) = read_head(&mut client).await else {
+        respond(
+            &mut client,
+            "400 Bad Request",
+            None,
+            "taskbox proxy: malformed, oversized or too slow request\n",
+        )
+        .await;
+        return;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(&buf[..end]), Ok(httparse::Status::Complete(_))) {
+        respond(
+            &mut client,
+            "400 Bad Request",
+            None,
+            "taskbox proxy: malformed request\n",
+        )
+        .await;
+        return;
+    }
+    let target = Target {
+        host: rec.host.clone(),
+        port: rec.port,
+        path: req.path.unwrap_or("/").to_owned(),
+    };
+    let method = req.method.unwrap_or("GET").to_owned();
+    let head = match forward_head(&method, &target, req.headers, injector, rec) {
+        Ok(h) => h,
+        Err(why) => {
+            rec.decision = Decision::Deny {
+                rule: None,
+                reason: DenyReason::Credential(why.clone()),
+            };
+            respond(
+                &mut client,
+                "403 Forbidden",
+                Some(&format!("credential: {why}")),
+                &format!(
+                    "taskbox: request to {}:{} refused: {why}\n",
+                    rec.host, rec.port
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    if upstream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    rec.bytes_up += head.len() as u64;
+    if end < buf.len() {
+        let _ = upstream.write_all(&buf[end..]).await;
+        rec.bytes_up += (buf.len() - end) as u64;
+    }
+    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        rec.bytes_up += up;
+        rec.bytes_down += down;
+    }
 }
 
 async fn serve_socks(

@@ -344,3 +344,121 @@ fn the_inventory_lists_every_grant_by_profile() {
         table.stdout
     );
 }
+
+/// A loopback HTTPS server for `name` whose certificate a test CA signs;
+/// keeps each request head. Returns (port, CA PEM, heads).
+fn tls_server(name: &str) -> (u16, String, Arc<Mutex<Vec<String>>>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let cfg = Arc::new(cfg);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            let Ok((s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let conn = rustls::ServerConnection::new(Arc::clone(&cfg)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if buf.is_empty() {
+                continue;
+            }
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf).into_owned());
+            let _ = tls.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nsecure\n",
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (port, ca.pem(), seen)
+}
+
+#[test]
+fn header_grants_reach_https_hosts_through_the_task_ca_and_others_pass_through() {
+    let t = TestBox::new(Mode::Root);
+    let (port, ca, seen) = tls_server("api.test");
+    let (oport, _, oseen) = tls_server("other.test");
+    let ca_file = t.root.join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let p = grant_profile(
+        &t,
+        &format!(
+            r#"{{ name = "api", from = "env:TB_API", to = "api.test:{port}", as = "header", ttl = "5m" }}"#
+        ),
+        &format!(
+            "[network]\nmode = \"proxy\"\nallow = [\"api.test:{port}\", \"127.0.0.1:{port}\", \"other.test:{oport}\", \"127.0.0.1:{oport}\"]\n"
+        ),
+    );
+    let script = format!(
+        r#"curl -sS -H "Authorization: Bearer $TB_API" https://api.test:{port}/secure
+curl -sS -o /dev/null https://other.test:{oport}/ 2>&1 | head -c 60; echo
+curl -sS -k -H "Authorization: Bearer $TB_API" https://other.test:{oport}/k"#
+    );
+    let env = [
+        ("TB_API", VALUE),
+        (
+            "TASKBOX_TEST_RESOLVE",
+            "api.test=127.0.0.1,other.test=127.0.0.1",
+        ),
+        ("TASKBOX_UPSTREAM_CA_FILE", ca_file.to_str().unwrap()),
+    ];
+    let r = approved(&t, &p, &script, &env);
+    assert!(r.stdout.contains("secure"), "{r:?}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("GET /secure "), "{heads:?}");
+    assert!(
+        heads[0].contains(&format!("Authorization: Bearer {VALUE}")),
+        "injected over TLS: {heads:?}"
+    );
+    // other.test is not intercepted: the task sees the real certificate
+    // (which it does not trust) and, with -k, the server gets the placeholder.
+    assert!(
+        r.stdout.contains("curl:"),
+        "other.test was intercepted: {r:?}"
+    );
+    let oheads = oseen.lock().unwrap().clone();
+    assert_eq!(oheads.len(), 1, "{oheads:?}");
+    assert!(
+        oheads[0].contains("Bearer taskbox-placeholder-api-") && !oheads[0].contains(VALUE),
+        "{oheads:?}"
+    );
+    assert!(!r.stdout.contains(VALUE) && !audit_text(&t).contains(VALUE));
+}
