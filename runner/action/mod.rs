@@ -721,6 +721,29 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     path: base_path,
                     source,
                 })?;
+                // Files the task wrote a granted value into: named (never the
+                // value) so diff withholds them and promote refuses them.
+                if !redactor.is_empty() {
+                    let upper = dir.upper();
+                    let withheld: workspace::Withheld = cs
+                        .changes
+                        .iter()
+                        .filter(|c| c.entry == workspace::EntryType::File)
+                        .filter_map(|c| {
+                            let bytes = std::fs::read(upper.join(&c.path)).ok()?;
+                            let names = redactor.names_in(&bytes);
+                            (!names.is_empty()).then(|| (c.path.clone(), names))
+                        })
+                        .collect();
+                    if !withheld.is_empty() {
+                        workspace::save_withheld(dir.root(), &withheld).map_err(|source| {
+                            TaskError::Io {
+                                path: dir.root().to_path_buf(),
+                                source,
+                            }
+                        })?;
+                    }
+                }
                 let (added, modified, deleted, renamed, mode_changed) = cs.counts();
                 events.push(AuditEvent::Changeset {
                     task: task.to_string(),

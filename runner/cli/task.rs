@@ -40,6 +40,9 @@ pub enum TaskCmd {
         /// Allow changes to protected paths (.git/hooks, shell rc, editor and agent config).
         #[arg(long)]
         allow_protected: bool,
+        /// Allow files the task wrote a granted credential's value into.
+        #[arg(long)]
+        allow_credentials: bool,
     },
     /// Undo a promoted task (`git revert` of its commit, or the stored reverse changes).
     Revert {
@@ -125,7 +128,13 @@ impl TaskCmd {
                 let text = if stat {
                     workspace::render_stat(&cs, &upper, &r.workspace, &protect_list())
                 } else {
-                    workspace::render_diff(&cs, &upper, &r.workspace, &protect_list())
+                    workspace::render_diff(
+                        &cs,
+                        &upper,
+                        &r.workspace,
+                        &protect_list(),
+                        &workspace::load_withheld(state.task_dir(&r.id).root()),
+                    )
                 };
                 print!("{text}");
                 Ok(0)
@@ -135,8 +144,20 @@ impl TaskCmd {
                 branch,
                 message,
                 allow_protected,
+                allow_credentials,
             } => {
                 let mut r = state.load(&id)?;
+                let withheld = workspace::load_withheld(state.task_dir(&r.id).root());
+                if !withheld.is_empty() && !allow_credentials {
+                    let names: Vec<String> = withheld
+                        .iter()
+                        .map(|(p, g)| format!("{} ({})", workspace::display_path(p), g.join(", ")))
+                        .collect();
+                    anyhow::bail!(
+                        "refused: the task wrote granted credential values into {}. Hint: discard the task, or pass --allow-credentials if that is meant",
+                        names.join(", ")
+                    );
+                }
                 let resuming = state.task_dir(&r.id).root().join("promote.json").exists();
                 if !matches!(r.lifecycle, Lifecycle::Ran { .. }) && !resuming {
                     anyhow::bail!(

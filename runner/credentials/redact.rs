@@ -83,6 +83,25 @@ impl Redactor {
         self.ac.is_none()
     }
 
+    /// The grants (by marker name) whose values appear in `bytes`.
+    pub fn names_in(&self, bytes: &[u8]) -> Vec<String> {
+        let Some(ac) = &self.ac else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = Vec::new();
+        for m in ac.find_iter(bytes) {
+            let marker = &self.markers[m.pattern().as_usize()];
+            let name = marker
+                .trim_start_matches("[redacted:")
+                .trim_end_matches(']')
+                .to_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// `s` with every form replaced.
     pub fn redact(&self, s: &str) -> String {
         match &self.ac {

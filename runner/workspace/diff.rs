@@ -22,7 +22,16 @@ fn protected(rel: &Path, protect: &[&str]) -> bool {
 
 /// Unified diff of every change. `protect` lists workspace-relative protected
 /// paths (e.g. `.git/hooks`); changes under them are flagged.
-pub fn render_diff(cs: &Changeset, upper: &Path, lower: &Path, protect: &[&str]) -> String {
+///
+/// `withheld` names files the task wrote a granted credential into (with the
+/// grants): their content is not shown.
+pub fn render_diff(
+    cs: &Changeset,
+    upper: &Path,
+    lower: &Path,
+    protect: &[&str],
+    withheld: &[(std::path::PathBuf, Vec<String>)],
+) -> String {
     let mut out = String::new();
     for c in &cs.changes {
         let name = display_path(&c.path);
@@ -31,6 +40,15 @@ pub fn render_diff(cs: &Changeset, upper: &Path, lower: &Path, protect: &[&str])
                 out,
                 "# PROTECTED: {name} (promote refuses it without --allow-protected)"
             );
+        }
+        if let Some((_, grants)) = withheld.iter().find(|(p, _)| *p == c.path) {
+            let _ = writeln!(
+                out,
+                "# CREDENTIAL: {name} contains the value of credential {} ({:?}); content withheld, promote refuses it without --allow-credentials",
+                grants.join(", "),
+                c.kind
+            );
+            continue;
         }
         let (old_path, new_path, old_name) = match &c.kind {
             ChangeKind::Added => (None, Some(upper.join(&c.path)), name.clone()),

@@ -70,3 +70,43 @@ pub fn git_dirs_outside(workspace: &std::path::Path) -> Vec<PathBuf> {
     out.retain(|d| !d.starts_with(workspace));
     out
 }
+
+/// Files of a changeset that hold a granted credential's value, with the
+/// grants' names (never the values); kept in the task directory so `task
+/// diff` withholds their content and `task promote` refuses them.
+pub type Withheld = Vec<(PathBuf, Vec<String>)>;
+
+const WITHHELD_FILE: &str = "credential-paths.json";
+
+/// Records `w` in `task_dir`.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn save_withheld(task_dir: &std::path::Path, w: &Withheld) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let rows: Vec<(String, &Vec<String>)> = w
+        .iter()
+        .map(|(p, g)| (hex::encode(p.as_os_str().as_bytes()), g))
+        .collect();
+    std::fs::write(
+        task_dir.join(WITHHELD_FILE),
+        serde_json::to_vec(&rows).map_err(std::io::Error::other)?,
+    )
+}
+
+/// What [`save_withheld`] recorded (nothing when the task had no grants).
+pub fn load_withheld(task_dir: &std::path::Path) -> Withheld {
+    use std::os::unix::ffi::OsStringExt as _;
+    let Ok(text) = std::fs::read(task_dir.join(WITHHELD_FILE)) else {
+        return Vec::new();
+    };
+    let rows: Vec<(String, Vec<String>)> = serde_json::from_slice(&text).unwrap_or_default();
+    rows.into_iter()
+        .filter_map(|(h, g)| {
+            Some((
+                PathBuf::from(std::ffi::OsString::from_vec(hex::decode(h).ok()?)),
+                g,
+            ))
+        })
+        .collect()
+}

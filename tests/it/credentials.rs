@@ -462,3 +462,38 @@ curl -sS -k -H "Authorization: Bearer $TB_API" https://other.test:{oport}/k"#
     );
     assert!(!r.stdout.contains(VALUE) && !audit_text(&t).contains(VALUE));
 }
+
+#[test]
+fn a_value_written_into_the_workspace_is_withheld_from_diff_and_promote() {
+    let t = TestBox::new(Mode::Root);
+    let p = grant_profile(
+        &t,
+        r#"{ name = "tok", from = "env:TB_TOKEN", as = "env:MY_TOKEN" }"#,
+        "[workspace]\nmode = \"overlay\"\n",
+    );
+    let r = approved(
+        &t,
+        &p,
+        "echo \"key=$MY_TOKEN\" > leak.txt; echo fine > fine.txt",
+        &[("TB_TOKEN", VALUE)],
+    );
+    r.code(0);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let d = t.taskbox(&["task", "diff", &id]);
+    d.code(0);
+    assert!(!d.stdout.contains(VALUE), "{}", d.stdout);
+    assert!(
+        d.stdout
+            .contains("# CREDENTIAL: leak.txt contains the value of credential tok"),
+        "{}",
+        d.stdout
+    );
+    assert!(d.stdout.contains("+fine"), "{}", d.stdout);
+    let pr = t.taskbox(&["task", "promote", &id]);
+    pr.code(125);
+    assert!(pr.stderr.contains("leak.txt (tok)"), "{}", pr.stderr);
+    assert!(!t.ws.join("fine.txt").exists() && !t.ws.join("leak.txt").exists());
+    t.taskbox(&["task", "promote", &id, "--allow-credentials"])
+        .code(0);
+    assert!(t.ws.join("leak.txt").exists());
+}
