@@ -121,17 +121,7 @@ pub struct Lease {
 pub fn placeholder_var(g: &Grant) -> String {
     match g.from.strip_prefix("env:") {
         Some(v) => v.to_owned(),
-        None => g
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect(),
+        None => crate::profile::env_name(&g.name),
     }
 }
 

@@ -84,3 +84,17 @@ pub fn schema() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests;
+
+/// `name` as an environment variable name: upper-case ASCII letters and
+/// digits, everything else `_` (a grant name becomes its variable).
+pub fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -401,6 +401,29 @@ fn forward_head(
     Ok(head)
 }
 
+/// Answers a request whose credential placeholder may not go where it was
+/// sent (403 naming the reason) and records the refusal.
+async fn refuse_credential<S: tokio::io::AsyncWrite + Unpin>(
+    client: &mut S,
+    rec: &mut ConnRecord,
+    why: String,
+) {
+    respond(
+        client,
+        "403 Forbidden",
+        Some(&format!("credential: {why}")),
+        &format!(
+            "taskbox: request to {}:{} refused: {why}\n",
+            rec.host, rec.port
+        ),
+    )
+    .await;
+    rec.decision = Decision::Deny {
+        rule: None,
+        reason: DenyReason::Credential(why),
+    };
+}
+
 /// Why an allowed-by-name connection did not happen.
 enum Unreached {
     /// Policy (the name's addresses) refused it.
@@ -534,28 +557,15 @@ async fn serve_http(mut client: TcpStream, shared: &Shared) -> Option<ConnRecord
     let mut rec = new_record(target.host.clone(), target.port, protocol, policy);
     // The forwarded head is built (and credential placeholders swapped or
     // refused) before anything is connected.
-    let head = if connect {
+    let denied = matches!(rec.decision, Decision::Deny { .. });
+    let head = if connect || denied {
+        // A denied host is answered by `reach` with the policy's reason.
         None
     } else {
         match forward_head(&method, &target, req.headers, injector, &mut rec) {
             Ok(h) => Some(h),
             Err(why) => {
-                if let Decision::Allow { .. } = rec.decision {
-                    rec.decision = Decision::Deny {
-                        rule: None,
-                        reason: DenyReason::Credential(why.clone()),
-                    };
-                }
-                respond(
-                    &mut client,
-                    "403 Forbidden",
-                    Some(&format!("credential: {why}")),
-                    &format!(
-                        "taskbox: request to {}:{} refused: {why}\n",
-                        rec.host, rec.port
-                    ),
-                )
-                .await;
+                refuse_credential(&mut client, &mut rec, why).await;
                 return Some(rec);
             }
         }
@@ -700,23 +710,7 @@ async fn intercept(
     let method = req.method.unwrap_or("GET").to_owned();
     let head = match forward_head(&method, &target, req.headers, injector, rec) {
         Ok(h) => h,
-        Err(why) => {
-            rec.decision = Decision::Deny {
-                rule: None,
-                reason: DenyReason::Credential(why.clone()),
-            };
-            respond(
-                &mut client,
-                "403 Forbidden",
-                Some(&format!("credential: {why}")),
-                &format!(
-                    "taskbox: request to {}:{} refused: {why}\n",
-                    rec.host, rec.port
-                ),
-            )
-            .await;
-            return;
-        }
+        Err(why) => return refuse_credential(&mut client, rec, why).await,
     };
     if upstream.write_all(head.as_bytes()).await.is_err() {
         return;

@@ -3,8 +3,6 @@
 //! injected by the proxy only for the granted host, ended on time. Checked
 //! from outside: the loopback server's view, the output, the audit log.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,39 +138,12 @@ fn missing_sources_stop_the_task_before_it_runs() {
     assert!(r.stdout.contains("got"), "{r:?}");
 }
 
-/// A loopback HTTP server that keeps every request head it receives.
+/// A loopback HTTP server answering `ok`; keeps every request head.
 fn recording_server() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    l.set_nonblocking(true).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s2 = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            let Ok((mut s, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            s.set_nonblocking(false).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            s2.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf).into_owned());
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
-            );
-        }
+    let s = crate::support::net::http_server(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n".to_vec()
     });
-    (port, seen)
+    (s.port, s.heads)
 }
 
 #[test]
@@ -345,69 +316,9 @@ fn the_inventory_lists_every_grant_by_profile() {
     );
 }
 
-/// A loopback HTTPS server for `name` whose certificate a test CA signs;
-/// keeps each request head. Returns (port, CA PEM, heads).
 fn tls_server(name: &str) -> (u16, String, Arc<Mutex<Vec<String>>>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    let cfg = Arc::new(cfg);
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    l.set_nonblocking(true).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s2 = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            let Ok((s, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            s.set_nonblocking(false).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            let conn = rustls::ServerConnection::new(Arc::clone(&cfg)).unwrap();
-            let mut tls = rustls::StreamOwned::new(conn, s);
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tls.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            if buf.is_empty() {
-                continue;
-            }
-            s2.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf).into_owned());
-            let _ = tls.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nsecure\n",
-            );
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
-    (port, ca.pem(), seen)
+    let (s, ca) = crate::support::net::https_server(name);
+    (s.port, ca, s.heads)
 }
 
 #[test]

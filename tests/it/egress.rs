@@ -9,47 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Mode, TestBox, run};
 
-/// A loopback HTTP server that counts the requests it saw.
-struct Server {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-/// Serves each request's path with `answer` (one request per connection)
-/// for 30 s, then stops.
-fn http_server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = Arc::clone(&hits);
-    std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            let Ok((mut s, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            s.set_nonblocking(false).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&buf).into_owned();
-            let Some(path) = head.split_whitespace().nth(1) else {
-                continue;
-            };
-            h.fetch_add(1, Ordering::SeqCst);
-            let _ = s.write_all(&answer(path));
-        }
-    });
-    Server { port, hits }
-}
+use crate::support::net::{Server, http_server};
 
 /// Answers every request with `hello`.
 fn server() -> Server {

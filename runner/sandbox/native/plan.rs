@@ -86,17 +86,7 @@ pub fn secret_file_path(name: &str) -> PathBuf {
 
 /// The variable that holds a file credential's path.
 pub fn secret_file_var(name: &str) -> String {
-    let up: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("TASKBOX_CREDENTIAL_FILE_{up}")
+    format!("TASKBOX_CREDENTIAL_FILE_{}", crate::profile::env_name(name))
 }
 
 /// A host file handed to the command as an open read-only descriptor whose

@@ -3,6 +3,8 @@
 //! unprivileged uid, with or without namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+pub mod net;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
