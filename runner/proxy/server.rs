@@ -263,6 +263,37 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<(V
     Some((buf, end))
 }
 
+/// Reads a request head that parses; otherwise answers 400 and gives `None`.
+async fn read_request<S>(stream: &mut S) -> Option<(Vec<u8>, usize)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some((buf, end)) = read_head(stream).await else {
+        respond(
+            stream,
+            "400 Bad Request",
+            None,
+            "taskbox proxy: malformed, oversized or too slow request\n",
+        )
+        .await;
+        return None;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if matches!(req.parse(&buf[..end]), Ok(httparse::Status::Complete(_))) {
+        Some((buf, end))
+    } else {
+        respond(
+            stream,
+            "400 Bad Request",
+            None,
+            "taskbox proxy: malformed request\n",
+        )
+        .await;
+        None
+    }
+}
+
 async fn respond<S: tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     status: &str,
@@ -518,28 +549,11 @@ async fn serve(client: TcpStream, shared: &Shared) -> Option<ConnRecord> {
 async fn serve_http(mut client: TcpStream, shared: &Shared) -> Option<ConnRecord> {
     let (policy, resolver) = (&shared.policy, &shared.resolver);
     let injector = shared.injector.as_deref();
-    let Some((buf, end)) = read_head(&mut client).await else {
-        respond(
-            &mut client,
-            "400 Bad Request",
-            None,
-            "taskbox proxy: malformed, oversized or too slow request\n",
-        )
-        .await;
-        return None;
-    };
+    let (buf, end) = read_request(&mut client).await?;
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(&buf[..end]), Ok(httparse::Status::Complete(_))) {
-        respond(
-            &mut client,
-            "400 Bad Request",
-            None,
-            "taskbox proxy: malformed request\n",
-        )
-        .await;
-        return None;
-    }
+    // read_request checked it parses.
+    let _ = req.parse(&buf[..end]);
     let method = req.method.unwrap_or("").to_owned();
     let connect = method.eq_ignore_ascii_case("CONNECT");
     let target = match parse_target(connect, req.path.unwrap_or("")) {
@@ -680,28 +694,13 @@ async fn intercept(
         }
         Err(_) => return fail(rec, "TLS to the server: timed out".into()),
     };
-    let Some((buf, end)) = read_head(&mut client).await else {
-        respond(
-            &mut client,
-            "400 Bad Request",
-            None,
-            "taskbox proxy: malformed, oversized or too slow request\n",
-        )
-        .await;
+    let Some((buf, end)) = read_request(&mut client).await else {
         return;
     };
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(&buf[..end]), Ok(httparse::Status::Complete(_))) {
-        respond(
-            &mut client,
-            "400 Bad Request",
-            None,
-            "taskbox proxy: malformed request\n",
-        )
-        .await;
-        return;
-    }
+    // read_request checked it parses.
+    let _ = req.parse(&buf[..end]);
     let target = Target {
         host: rec.host.clone(),
         port: rec.port,
