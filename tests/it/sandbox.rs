@@ -414,6 +414,50 @@ fn host_unix_socket_under_run_is_unreachable() {
 }
 
 #[test]
+fn a_granted_socket_is_bound_in_alone() {
+    // Listing one socket path in `read` carries exactly that socket into the
+    // masked runtime directory; its neighbour stays unreachable.
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let rt = t.root.join("xdg-runtime");
+        std::fs::create_dir_all(&rt).unwrap();
+        let (granted, other) = (rt.join("agent.sock"), rt.join("docker.sock"));
+        let lg = std::os::unix::net::UnixListener::bind(&granted).unwrap();
+        let lo = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        lg.set_nonblocking(true).unwrap();
+        lo.set_nonblocking(true).unwrap();
+        t.own(&rt);
+        let py = format!(
+            "import socket\nfor p in ['{}', '{}']:\n s=socket.socket(socket.AF_UNIX)\n try:\n  s.connect(p); print('CONNECTED', p)\n except Exception as e: print('refused', p, e)\n",
+            granted.display(),
+            other.display()
+        );
+        let profile = t.profile(
+            "sock",
+            &format!(
+                "extends = \"explore\"\n[filesystem]\nread = [\"{}\"]\n[env]\npass = [\"XDG_RUNTIME_DIR\"]\n",
+                granted.display()
+            ),
+        );
+        let mut c = t.cmd(&["run", "-p", &profile, "--", "/usr/bin/python3", "-c", &py]);
+        c.env("XDG_RUNTIME_DIR", &rt);
+        let r = crate::support::run(c);
+        assert!(
+            r.stdout
+                .contains(&format!("CONNECTED {}", granted.display())),
+            "{m:?} {r:?}"
+        );
+        assert!(
+            r.stdout.contains(&format!("refused {}", other.display())),
+            "{m:?} {r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(lg.accept().is_ok(), "the granted socket saw nothing");
+        assert!(lo.accept().is_err(), "the other socket was reached");
+    }
+}
+
+#[test]
 fn missing_command_is_127_and_audited() {
     let t = TestBox::new(Mode::Root);
     let r = t.taskbox(&["run", "--", "no-such-command-xyz"]);
