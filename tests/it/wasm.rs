@@ -366,3 +366,43 @@ fn build_wasm_profile_runs_every_command_as_a_wasm_tool() {
     let e = t.taskbox(&["profile", "explain", "build-wasm"]);
     assert!(e.stdout.contains("backend: wasm"), "{}", e.stdout);
 }
+
+#[test]
+fn wasi_http_requests_go_through_the_proxy_and_its_decision() {
+    let t = TestBox::new(Mode::User);
+    let s = crate::support::net::http_server(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nvia-http".to_vec()
+    });
+    let p = t.profile(
+        "whttp",
+        &format!(
+            "extends = \"explore\"\n[network]\nmode = \"proxy\"\nallow = [\"127.0.0.1:{}\"]\ndeny = [\"evil.test\"]\n",
+            s.port
+        ),
+    );
+    let r = tool(
+        &t,
+        &p,
+        "wshttp",
+        &[&format!("http://127.0.0.1:{}/x", s.port)],
+    );
+    r.code(0);
+    assert!(r.stdout.contains("via-http"), "{r:?}");
+    assert_eq!(s.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Refused by the proxy's policy: an error to the guest, and a record.
+    // (A preview-2 command exits 0 or 1: wasi:cli/exit carries no other code.)
+    let r = tool(&t, &p, "wshttp", &["http://evil.test/"]);
+    r.code(1);
+    assert!(r.stderr.contains("HttpRequestDenied"), "{}", r.stderr);
+    assert_eq!(r.json()["denied_hosts"][0], "evil.test:80");
+    // No proxy (network none): every request is denied, nothing is reached.
+    let r = tool(
+        &t,
+        "explore",
+        "wshttp",
+        &[&format!("http://127.0.0.1:{}/x", s.port)],
+    );
+    r.code(1);
+    assert!(r.stderr.contains("HttpRequestDenied"), "{}", r.stderr);
+    assert_eq!(s.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -86,6 +86,91 @@ pub struct P2Host {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: ProxyHttp,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for P2Host {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
+/// `wasi:http` for guests: every outgoing request goes to the task's egress
+/// proxy (absolute-form `http://` URI), which decides with the profile's
+/// allow-list and audits it; a refusal there, or no proxy at all, is
+/// `HttpRequestDenied` to the guest. `https://` is refused: the guest
+/// would need the proxy's CONNECT, which wasi:http does not speak.
+struct ProxyHttp {
+    proxy: Option<SocketAddr>,
+}
+
+type HttpFuture = Box<
+    dyn std::future::Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<
+                        dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                            + Send,
+                    >,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for ProxyHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> HttpFuture {
+        use http_body_util::BodyExt as _;
+        use wasmtime_wasi_http::Error as HttpError;
+        let proxy = self.proxy;
+        Box::new(async move {
+            let Some(proxy) = proxy else {
+                return Err(HttpError::HttpRequestDenied);
+            };
+            if request.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
+                return Err(HttpError::HttpRequestDenied);
+            }
+            let tcp = tokio::net::TcpStream::connect(proxy)
+                .await
+                .map_err(|_| HttpError::ConnectionRefused)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(tcp))
+                    .await
+                    .map_err(HttpError::from)?;
+            let driver = tokio::spawn(conn);
+            // The URI stays absolute: the proxy reads the host from it.
+            let resp = sender
+                .send_request(request)
+                .await
+                .map_err(HttpError::from)?;
+            if resp.status() == http::StatusCode::FORBIDDEN
+                && resp.headers().contains_key("x-taskbox-denied")
+            {
+                return Err(HttpError::HttpRequestDenied);
+            }
+            let resp = resp.map(|b| b.map_err(HttpError::from).boxed_unsync());
+            let io: Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send> =
+                Box::new(async move {
+                    match driver.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(HttpError::from(e)),
+                        Err(_) => Err(HttpError::ConnectionTerminated),
+                    }
+                });
+            Ok((resp, io))
+        })
+    }
 }
 
 impl WasiView for P2Host {
@@ -340,6 +425,8 @@ impl Engine {
                 let mut linker = wasmtime::component::Linker::new(&self.engine);
                 wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
                     .map_err(wasm_err("link WASI preview 2"))?;
+                wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+                    .map_err(wasm_err("link wasi:http"))?;
                 let pre = linker
                     .instantiate_pre(&c)
                     .map_err(wasm_err("resolve the component's imports"))?;
@@ -425,12 +512,18 @@ impl Engine {
             }
             Tool::Component(pre) => {
                 configure_sockets(&mut b, *sockets);
+                let proxy = match sockets {
+                    Some(Sockets::Proxy(p)) => Some(*p),
+                    Some(Sockets::None | Sockets::Host) | None => None,
+                };
                 let mut store = Store::new(
                     &self.engine,
                     P2Host {
                         wasi: b.build(),
                         table: ResourceTable::new(),
                         limits,
+                        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                        hooks: ProxyHttp { proxy },
                     },
                 );
                 store.limiter(|h| &mut h.limits);
