@@ -265,3 +265,56 @@ impl Injector for Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ttl: Option<Duration>, expires: Option<Instant>) -> Lease {
+        Lease {
+            name: "api".into(),
+            secret: Secret::new("real-value".into()),
+            deliver: Delivery::Header,
+            to: vec!["api.test".into()],
+            placeholder: Some("taskbox-placeholder-api-x".into()),
+            expires,
+            ttl,
+        }
+    }
+
+    #[test]
+    fn the_broker_injects_for_its_hosts_only_and_only_while_the_lease_lasts() {
+        let b = Broker::new(&[lease(None, None)]);
+        assert_eq!(
+            b.inject("api.test", 443, "Bearer taskbox-placeholder-api-x"),
+            Injection::Replace {
+                text: "Bearer real-value".into(),
+                grants: vec!["api".into()]
+            }
+        );
+        assert!(matches!(
+            b.inject("evil.test", 443, "Bearer taskbox-placeholder-api-x"),
+            Injection::Refuse { .. }
+        ));
+        assert_eq!(
+            b.inject("evil.test", 443, "no placeholder"),
+            Injection::Keep
+        );
+        assert_eq!(b.used(), vec![("api".to_owned(), "api.test".to_owned())]);
+        let ended = Broker::new(&[lease(
+            Some(Duration::from_millis(1)),
+            Some(Instant::now() - Duration::from_millis(1)),
+        )]);
+        assert!(matches!(
+            ended.inject("api.test", 443, "Bearer taskbox-placeholder-api-x"),
+            Injection::Refuse { why, .. } if why.contains("lease")
+        ));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(s.fingerprint().len(), 12);
+    }
+}

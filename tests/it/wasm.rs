@@ -107,6 +107,14 @@ fn guests_cannot_leave_their_preopens() {
             std::fs::read_to_string(&outside).unwrap(),
             "outside-original\n"
         );
+        // A symlink already in the workspace pointing outside is not followed.
+        std::os::unix::fs::symlink(&outside, t.ws.join("out-link")).unwrap();
+        let r = tool(&t, &p, "wsprobe", &["read", "out-link"]);
+        assert!(
+            r.stdout.contains("refused") && !r.stdout.contains("outside-original"),
+            "{m:?}: {r:?}"
+        );
+        std::fs::remove_file(t.ws.join("out-link")).unwrap();
         // An outward symlink: refused when made, and should one ever be made,
         // promote refuses to put it in the real workspace.
         for target in ["../outside/file", outside.to_str().unwrap()] {
