@@ -520,11 +520,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     task: task.to_string(),
                     name: l.name.clone(),
                     source,
-                    delivery: match &l.deliver {
-                        Delivery::Header => "header".to_owned(),
-                        Delivery::Env(v) => format!("env:{v}"),
-                        Delivery::File => "file".to_owned(),
-                    },
+                    delivery: l.deliver.as_written(),
                     to: l.to.clone(),
                     ttl_s: l.ttl.map(|t| t.as_secs()),
                     fingerprint: l.secret.fingerprint(),

@@ -1,8 +1,6 @@
 //! `taskbox creds inventory`: every credential every loadable profile grants,
 //! for access reviews.
 
-use crate::profile::Delivery;
-
 /// Credential commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum CredsCmd {
@@ -32,11 +30,7 @@ impl CredsCmd {
                     "profile": format!("{}@{}", p.name, &p.digest[..16]),
                     "grant": g.name,
                     "source": g.from.split(':').next().unwrap_or_default(),
-                    "delivery": match &g.deliver {
-                        Delivery::Header => "header".to_owned(),
-                        Delivery::Env(v) => format!("env:{v}"),
-                        Delivery::File => "file".to_owned(),
-                    },
+                    "delivery": g.deliver.as_written(),
                     "to": g.to,
                     "ttl": g.ttl.map(|t| humantime::format_duration(t).to_string()),
                     "approval": if p.approval_required { "required" } else { "none" },

@@ -238,6 +238,17 @@ pub enum Delivery {
     File,
 }
 
+impl Delivery {
+    /// As written in a profile: `header`, `env:NAME` or `file`.
+    pub fn as_written(&self) -> String {
+        match self {
+            Delivery::Header => "header".to_owned(),
+            Delivery::Env(v) => format!("env:{v}"),
+            Delivery::File => "file".to_owned(),
+        }
+    }
+}
+
 /// One credential grant, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {

@@ -459,12 +459,12 @@ async fn refuse_credential<S: tokio::io::AsyncWrite + Unpin>(
 enum Unreached {
     /// Policy (the name's addresses) refused it.
     Denied,
-    /// The upstream could not be reached.
-    Failed(String),
+    /// The upstream could not be reached (the record's `error` says why).
+    Failed,
 }
 
 /// Decides, resolves, checks the addresses and connects to a checked one.
-/// Fills in the record's decision and address.
+/// Fills in the record's decision, address and, on failure, error.
 async fn reach(
     rec: &mut ConnRecord,
     policy: &Policy,
@@ -476,20 +476,19 @@ async fn reach(
     let addrs = resolver.resolve(&rec.host, rec.port).await;
     if addrs.is_empty() {
         rec.error = Some(format!("{} did not resolve", rec.host));
-        return Err(Unreached::Failed(format!("{} did not resolve", rec.host)));
+        return Err(Unreached::Failed);
     }
     let mut refusal = None;
-    let checked: Vec<SocketAddr> = addrs
+    let checked = addrs
         .into_iter()
-        .filter(|a| match policy.check_addr(a.ip(), rec.port) {
+        .find(|a| match policy.check_addr(a.ip(), rec.port) {
             Ok(()) => true,
             Err(d) => {
                 refusal.get_or_insert(d);
                 false
             }
-        })
-        .collect();
-    let Some(addr) = checked.first().copied() else {
+        });
+    let Some(addr) = checked else {
         if let Some(d) = refusal {
             rec.decision = d;
         }
@@ -503,14 +502,12 @@ async fn reach(
             Ok(s)
         }
         Ok(Err(e)) => {
-            rec.error = Some(format!("connect to {addr}: {e}"));
-            Err(Unreached::Failed(format!("cannot connect to {addr}: {e}")))
+            rec.error = Some(format!("cannot connect to {addr}: {e}"));
+            Err(Unreached::Failed)
         }
         Err(_) => {
-            rec.error = Some(format!("connect to {addr}: timed out"));
-            Err(Unreached::Failed(format!(
-                "cannot connect to {addr}: timed out"
-            )))
+            rec.error = Some(format!("cannot connect to {addr}: timed out"));
+            Err(Unreached::Failed)
         }
     }
 }
@@ -600,7 +597,8 @@ async fn serve_http(mut client: TcpStream, shared: &Shared) -> Option<ConnRecord
             .await;
             return Some(rec);
         }
-        Err(Unreached::Failed(why)) => {
+        Err(Unreached::Failed) => {
+            let why = rec.error.as_deref().unwrap_or("unreachable");
             respond(
                 &mut client,
                 "502 Bad Gateway",
@@ -760,7 +758,7 @@ async fn serve_socks(
             let _ = proto.reply_error(&ReplyError::ConnectionNotAllowed).await;
             return Some(rec);
         }
-        Err(Unreached::Failed(_)) => {
+        Err(Unreached::Failed) => {
             let _ = proto.reply_error(&ReplyError::HostUnreachable).await;
             return Some(rec);
         }
