@@ -98,7 +98,8 @@ pub struct RunRequest {
     pub state: StateDir,
     /// Profiles.
     pub catalog: Catalog,
-    /// The binary to run as the launch stage (normally taskbox itself).
+    /// The launch stage binary (`taskbox-stage`, beside taskbox; the WASM
+    /// helper is looked for beside it).
     pub stage_exe: PathBuf,
     /// Where the command's stdout goes.
     pub stdout: Sink,
@@ -190,6 +191,13 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         approved_task,
     } = req;
     let begun = std::time::Instant::now();
+    // The stage starts now, so that its start-up and its namespaces cost
+    // nothing on the critical path: they overlap with the preparation
+    // below. If the task is refused before launch, it exits unused.
+    let force_no_userns = caller_env
+        .iter()
+        .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
+    let stage = native::Stage::spawn(&stage_exe, !force_no_userns)?;
     let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());
     // An approved task runs exactly what was approved: its own profile,
@@ -587,9 +595,6 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         .filter(|(k, _)| k == "XDG_RUNTIME_DIR")
         .map(|(_, v)| PathBuf::from(v))
         .collect();
-    let force_no_userns = caller_env
-        .iter()
-        .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
     let inputs = PlanInputs {
         argv: exec_argv,
         cwd,
@@ -636,7 +641,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     let prepared = prepare_us();
     let result = launch_and_wait(
         plan,
-        &stage_exe,
+        stage,
         stdout,
         stderr,
         &task,
@@ -809,7 +814,7 @@ enum Launch {
 )]
 fn launch_and_wait(
     plan: native::NativePlan,
-    stage_exe: &Path,
+    stage: native::Stage,
     stdout: Sink,
     stderr: Sink,
     task: &TaskId,
@@ -822,8 +827,9 @@ fn launch_and_wait(
     resolver: proxy::Resolver,
     injector: Option<proxy::Inject>,
 ) -> Result<(Outcome, Vec<proxy::ConnRecord>), Launch> {
-    let mut running =
-        native::launch(plan, stage_exe, stdout, stderr, task.as_str()).map_err(Launch::Refused)?;
+    let mut running = stage
+        .launch(plan, stdout, stderr, task.as_str())
+        .map_err(Launch::Refused)?;
     let enforcement: Enforcement = running.started().map_err(Launch::Refused)?;
     let start = AuditEvent::TaskStart {
         task: task.to_string(),

@@ -343,6 +343,10 @@ struct Head {
     hash: String,
 }
 
+/// Size of the head file: its JSON padded with spaces (a sha-256 hex and a
+/// sequence number take about 90 bytes).
+const HEAD_LEN: usize = 128;
+
 impl Sink {
     /// A sink writing to `path` (created on first append) with its head file beside it.
     pub fn new(path: PathBuf) -> Self {
@@ -419,10 +423,19 @@ impl Sink {
             prev = rec.hash.clone();
             out.push(rec);
         }
-        let head = serde_json::to_vec(&Head { seq, hash: prev }).map_err(AuditError::Encode)?;
-        let tmp = self.path.with_extension("head.tmp");
-        std::fs::write(&tmp, head).map_err(self.io("write head"))?;
-        std::fs::rename(&tmp, self.head_path()).map_err(self.io("write head"))?;
+        // The head is rewritten in place, always HEAD_LEN bytes in one write:
+        // a killed runner cannot leave half of one (no temporary file and
+        // rename per append, which cost more than the record itself).
+        let mut head = serde_json::to_vec(&Head { seq, hash: prev }).map_err(AuditError::Encode)?;
+        head.resize(HEAD_LEN - 1, b' ');
+        head.push(b'\n');
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.head_path())
+            .and_then(|h| std::os::unix::fs::FileExt::write_all_at(&h, &head, 0))
+            .map_err(self.io("write head"))?;
         Ok(out)
     }
 

@@ -5,7 +5,6 @@ mod approve;
 mod audit;
 mod creds;
 mod doctor;
-mod exec;
 mod profile;
 mod run;
 mod task;
@@ -49,9 +48,6 @@ enum Command {
     Creds(creds::CredsCmd),
     /// Show what this kernel can enforce, and which profiles can run here.
     Doctor(doctor::DoctorArgs),
-    /// The launch stage (internal).
-    #[command(name = "__exec", hide = true)]
-    Exec(exec::ExecArgs),
 }
 
 /// Parses the process's arguments and runs the subcommand.
@@ -80,7 +76,6 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Creds(a) => a.execute(),
         Command::Approve(a) => a.execute(approve::Decision::Approve),
         Command::Deny(a) => a.execute(approve::Decision::Deny),
-        Command::Exec(a) => a.execute(),
     }
 }
 

@@ -60,8 +60,9 @@ impl RunArgs {
             caller_env: std::env::vars().collect(),
             state: super::state_dir(),
             catalog: super::catalog(),
-            stage_exe: std::env::current_exe()
-                .context("cannot find the taskbox binary for the launch stage")?,
+            stage_exe: crate::sandbox::native::stage_beside(
+                &std::env::current_exe().context("cannot find the taskbox binary")?,
+            )?,
             stdout: Box::new(LineEnd {
                 out: std::io::stdout(),
                 open: Arc::clone(&open_line),
@@ -74,7 +75,9 @@ impl RunArgs {
             },
             approved_task: self.task,
         };
-        let report = action::run(req)?;
+        let report = action::run(req);
+        crate::sandbox::native::settle();
+        let report = report?;
         summarize(&report, self.json, open_line.load(Ordering::Relaxed));
         Ok(report.status)
     }

@@ -470,3 +470,85 @@ fn missing_command_is_127_and_audited() {
         .unwrap();
     assert!(log.contains("task-refused"), "{log}");
 }
+
+#[test]
+fn a_missing_launch_stage_is_a_clear_error_and_nothing_runs() {
+    let t = TestBox::new(Mode::Root);
+    let dir = t.root.join("lonely");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("taskbox");
+    std::fs::copy(crate::support::taskbox_bin(), &bin).unwrap();
+    let c = {
+        let mut n = std::process::Command::new(&bin);
+        n.args(["run", "--", "/bin/sh", "-c", "echo ran"])
+            .current_dir(&t.ws)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &t.home)
+            .env("TASKBOX_STATE_DIR", &t.state);
+        n
+    };
+    let r = crate::support::run(c);
+    r.code(125);
+    assert!(
+        r.stderr.contains("taskbox-stage") && r.stderr.contains("missing"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("ran"), "{}", r.stdout);
+}
+
+#[test]
+fn a_stage_that_gets_no_plan_exits_quietly() {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::net::UnixStream;
+    let stage = crate::support::taskbox_bin().with_file_name("taskbox-stage");
+    for early_ns in ["ns", "-"] {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_pass_ours, pass_theirs) = UnixStream::pair().unwrap();
+        for s in [&theirs, &pass_theirs] {
+            nix::fcntl::fcntl(
+                s,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .unwrap();
+        }
+        let mut child = std::process::Command::new(&stage)
+            .arg(theirs.as_raw_fd().to_string())
+            .arg(pass_theirs.as_raw_fd().to_string())
+            .arg(early_ns)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop((theirs, pass_theirs));
+        // The runner decided not to launch: it closes its end.
+        drop(ours);
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the stage did not exit after losing its runner ({early_ns})"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(status.success(), "{status} ({early_ns}): {out}");
+        assert_eq!(out, "", "({early_ns})");
+    }
+}

@@ -1,9 +1,9 @@
 //! The native backend: Linux processes under user/mount/pid/net/ipc/uts
 //! namespaces, Landlock, seccomp and rlimits.
 //!
-//! The runner never forks itself: it spawns `taskbox __exec` (the launch
-//! stage), which applies a pure [`NativePlan`] single-threaded and execs the
-//! command. All `unsafe` of taskbox lives in this room's leaves.
+//! The runner never forks itself: it spawns `taskbox-stage` (the launch
+//! stage, a small binary of its own), which applies a pure [`NativePlan`]
+//! single-threaded and execs the command. All `unsafe` of taskbox lives in this room's leaves.
 
 mod landlock;
 mod ns;
@@ -21,8 +21,24 @@ pub use plan::{
     InheritFile, Isolation, NativePlan, OverlayDirs, PlanInputs, SecretFile, plan,
     secret_file_path, secret_file_var,
 };
-pub use spawn::{Running, Sink, launch};
+pub use spawn::{Running, Sink, Stage, settle};
 pub use stage::main as stage_main;
+
+/// The launch stage binary's file name; it is installed beside `taskbox`.
+pub const STAGE: &str = "taskbox-stage";
+
+/// The launch stage beside the taskbox binary `exe`.
+///
+/// # Errors
+/// When it is not there (a partial install).
+pub fn stage_beside(exe: &std::path::Path) -> Result<PathBuf, NativeError> {
+    let path = exe.with_file_name(STAGE);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(NativeError::NoStage { path })
+    }
+}
 
 /// Why a native launch failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +53,14 @@ pub enum NativeError {
     CwdNotReadable {
         /// The directory.
         cwd: PathBuf,
+    },
+    /// The stage binary is missing.
+    #[error(
+        "the launch stage {path} is missing. Hint: install taskbox and taskbox-stage together (`cargo install --path .` installs both)"
+    )]
+    NoStage {
+        /// Where it was looked for.
+        path: PathBuf,
     },
     /// The stage binary could not be started.
     #[error("cannot start the launch stage {exe}")]
@@ -96,7 +120,9 @@ pub enum NativeError {
         missing: String,
     },
     /// The program is not on the task's PATH.
-    #[error("command not found: {program} (searched the task's PATH)")]
+    #[error(
+        "command not found: {program} (not on the task's PATH, or not visible inside its sandbox)"
+    )]
     NotFound {
         /// The program.
         program: String,

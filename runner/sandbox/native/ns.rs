@@ -366,7 +366,7 @@ pub fn loopback_up() -> Result<(), NativeError> {
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     use std::os::fd::AsRawFd as _;
     // SAFETY: SIOCSIFFLAGS reads a valid, initialised ifreq that outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) };
     if rc != 0 {
         return Err(NativeError::Setup {
             what: "bring up loopback".into(),

@@ -1,15 +1,18 @@
 //! Runner side of a native launch: start the stage with a plain spawn (no
 //! `pre_exec`, so no fork of the multi-threaded runner), hand it the plan,
 //! stream its output under the cap, and collect the outcome.
+//!
+//! No thread per task: the caller's thread polls the command's output and
+//! the stage's messages together, so a launch costs no thread start-ups and
+//! no cross-thread wake-ups.
 
-use std::io::{BufRead as _, BufReader, Write};
-use std::os::fd::AsRawFd as _;
+use std::collections::VecDeque;
+use std::io::{Read as _, Write};
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use super::NativeError;
@@ -25,16 +28,59 @@ fn micros(since: Instant) -> u64 {
 /// concurrent spawn elsewhere in the runner never inherits it.
 static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 
+/// Stages that reported their task done but had not exited yet (namespace
+/// teardown takes a millisecond or two), with the pids cgroup to remove once
+/// they have: settled at the next launch or by [`settle`], off the critical
+/// path and without a thread.
+static EXITING: Mutex<Vec<(libc::pid_t, Option<PathBuf>)>> = Mutex::new(Vec::new());
+
+fn reap_exited(block: bool) {
+    let mut pids = EXITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pids.retain(|(pid, cgroup)| {
+        let mut st = 0;
+        let flags = if block { 0 } else { libc::WNOHANG };
+        // SAFETY: waitpid writes the status into a live local.
+        let rc = unsafe { libc::waitpid(*pid, &mut st, flags) };
+        if rc == 0 {
+            return true;
+        }
+        if let Some(cg) = cgroup {
+            let _ = std::fs::remove_dir(cg);
+        }
+        false
+    });
+}
+
+/// Reaps every stage that is still exiting and removes its cgroup; call
+/// before the runner exits.
+pub fn settle() {
+    reap_exited(true);
+}
+
 /// Where the command's output goes (the caller's terminal, a buffer, ...).
 pub type Sink = Box<dyn Write + Send>;
+
+/// The command's output on its way to the caller, under the output cap.
+struct Output {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    to_stdout: Sink,
+    to_stderr: Sink,
+    cap: Option<u64>,
+    total: u64,
+    hit: bool,
+}
 
 /// A launched task.
 pub struct Running {
     child: Child,
-    msgs: mpsc::Receiver<StageMsg>,
-    pumps: Vec<JoinHandle<()>>,
-    output: Arc<AtomicU64>,
-    output_hit: Arc<AtomicBool>,
+    msgs: Option<UnixStream>,
+    msg_buf: Vec<u8>,
+    queue: VecDeque<StageMsg>,
+    output: Output,
+    buf: Vec<u8>,
     started_at: Instant,
     cgroup: Option<PathBuf>,
     enforcement: Option<Enforcement>,
@@ -42,32 +88,125 @@ pub struct Running {
     pass: Option<UnixStream>,
 }
 
-/// Starts the stage and sends it the plan.
-///
-/// # Errors
-/// When the stage cannot be spawned or the plan cannot be sent.
-pub fn launch(
-    mut plan: NativePlan,
-    stage_exe: &Path,
-    stdout: Sink,
-    stderr: Sink,
-    task_id: &str,
-) -> Result<Running, NativeError> {
-    let (ours, theirs) = UnixStream::pair().map_err(|source| NativeError::Setup {
-        what: "socketpair".into(),
-        source,
-    })?;
-    let (pass_ours, pass_theirs) = UnixStream::pair().map_err(|source| NativeError::Setup {
-        what: "socketpair".into(),
-        source,
-    })?;
-    let fd = theirs.as_raw_fd();
+type Parts = (Child, UnixStream, UnixStream);
+
+/// A launch stage started ahead of its plan: it loads, and enters its
+/// namespaces, while the runner is still preparing. Dropped without a plan,
+/// it exits quietly and is reaped by [`settle`].
+pub struct Stage {
+    /// `None` once launched.
+    parts: Option<Parts>,
+}
+
+impl Stage {
+    /// Starts the stage binary; `namespaces` tells it to enter them at once
+    /// (the plan must then run with namespaces).
+    ///
+    /// # Errors
+    /// When the stage cannot be spawned.
+    pub fn spawn(stage_exe: &Path, namespaces: bool) -> Result<Self, NativeError> {
+        reap_exited(false);
+        Ok(Self {
+            parts: Some(spawn_stage(stage_exe, namespaces)?),
+        })
+    }
+
+    /// Sends the plan: the task starts.
+    ///
+    /// # Errors
+    /// When the plan cannot be sent.
+    pub fn launch(
+        mut self,
+        mut plan: NativePlan,
+        stdout: Sink,
+        stderr: Sink,
+        task_id: &str,
+    ) -> Result<Running, NativeError> {
+        let (mut child, ours, pass) = self.parts.take().ok_or_else(|| NativeError::Plan {
+            message: "the stage was already launched".into(),
+        })?;
+        let started_at = Instant::now();
+        let mut cgroup = None;
+        if let Some(max) = plan.spec.limits.processes
+            && nix::unistd::getuid().is_root()
+        {
+            cgroup = pids_cgroup(task_id, child.id(), max);
+            plan.processes = if cgroup.is_some() {
+                "cgroup".into()
+            } else {
+                "none".into()
+            };
+        }
+        let output = Output {
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            to_stdout: stdout,
+            to_stderr: stderr,
+            cap: plan.spec.limits.output,
+            total: 0,
+            hit: false,
+        };
+        let mut running = Running {
+            child,
+            msgs: None,
+            msg_buf: Vec::new(),
+            queue: VecDeque::new(),
+            output,
+            buf: vec![0u8; 64 * 1024],
+            started_at,
+            cgroup,
+            enforcement: None,
+            timings: Timings::default(),
+            pass: Some(pass),
+        };
+        let body = serde_json::to_vec(&plan).map_err(|e| NativeError::Plan {
+            message: e.to_string(),
+        })?;
+        let len = u32::try_from(body.len()).map_err(|_| NativeError::Plan {
+            message: "plan too large".into(),
+        })?;
+        let mut framed = Vec::with_capacity(4 + body.len());
+        framed.extend_from_slice(&len.to_le_bytes());
+        framed.extend_from_slice(&body);
+        (&ours)
+            .write_all(&framed)
+            .map_err(|source| NativeError::Setup {
+                what: "send plan".into(),
+                source,
+            })?;
+        running.msgs = Some(ours);
+        running.timings.spawned_us = micros(started_at);
+        Ok(running)
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // Not launched: our socket end closes with us, the stage reads EOF
+        // and exits; reap it later, off this path.
+        if let Some((child, ours, _pass)) = self.parts.take() {
+            drop(ours);
+            EXITING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((child.id() as libc::pid_t, None));
+        }
+    }
+}
+
+fn spawn_stage(stage_exe: &Path, namespaces: bool) -> Result<Parts, NativeError> {
+    let pair = || {
+        UnixStream::pair().map_err(|source| NativeError::Setup {
+            what: "socketpair".into(),
+            source,
+        })
+    };
+    let (ours, theirs) = pair()?;
+    let (pass_ours, pass_theirs) = pair()?;
     let mut cmd = Command::new(stage_exe);
-    cmd.arg("__exec")
-        .arg("--fd")
-        .arg(fd.to_string())
-        .arg("--pass-fd")
+    cmd.arg(theirs.as_raw_fd().to_string())
         .arg(pass_theirs.as_raw_fd().to_string())
+        .arg(if namespaces { "ns" } else { "-" })
         .env_clear()
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -86,80 +225,7 @@ pub fn launch(
             source,
         })?
     };
-    drop(theirs);
-    drop(pass_theirs);
-    let started_at = Instant::now();
-    let mut running = Running {
-        child,
-        msgs: mpsc::channel().1,
-        pumps: Vec::new(),
-        output: Arc::new(AtomicU64::new(0)),
-        output_hit: Arc::new(AtomicBool::new(false)),
-        started_at,
-        cgroup: None,
-        enforcement: None,
-        timings: Timings::default(),
-        pass: Some(pass_ours),
-    };
-    if let Some(max) = plan.spec.limits.processes
-        && nix::unistd::getuid().is_root()
-    {
-        running.cgroup = pids_cgroup(task_id, running.child.id(), max);
-        plan.processes = if running.cgroup.is_some() {
-            "cgroup".into()
-        } else {
-            "none".into()
-        };
-    }
-    let cap = plan.spec.limits.output;
-    let stage_pid = running.child.id();
-    if let Some(out) = running.child.stdout.take() {
-        running.pumps.push(pump(
-            out,
-            stdout,
-            cap,
-            &running.output,
-            &running.output_hit,
-            stage_pid,
-        ));
-    }
-    if let Some(err) = running.child.stderr.take() {
-        running.pumps.push(pump(
-            err,
-            stderr,
-            cap,
-            &running.output,
-            &running.output_hit,
-            stage_pid,
-        ));
-    }
-    let body = serde_json::to_vec(&plan).map_err(|e| NativeError::Plan {
-        message: e.to_string(),
-    })?;
-    let mut w = &ours;
-    let len = u32::try_from(body.len()).map_err(|_| NativeError::Plan {
-        message: "plan too large".into(),
-    })?;
-    w.write_all(&len.to_le_bytes())
-        .and_then(|()| w.write_all(&body))
-        .map_err(|source| NativeError::Setup {
-            what: "send plan".into(),
-            source,
-        })?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(ours).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(m) = serde_json::from_str::<StageMsg>(&line)
-                && tx.send(m).is_err()
-            {
-                break;
-            }
-        }
-    });
-    running.msgs = rx;
-    running.timings.spawned_us = micros(started_at);
-    Ok(running)
+    Ok((child, ours, pass_ours))
 }
 
 fn set_cloexec(s: &UnixStream, on: bool) -> Result<(), NativeError> {
@@ -222,38 +288,31 @@ fn remove_stale_cgroups(base: &Path) {
     }
 }
 
-fn pump(
-    mut from: impl std::io::Read + Send + 'static,
-    mut to: Sink,
-    cap: Option<u64>,
-    total: &Arc<AtomicU64>,
-    hit: &Arc<AtomicBool>,
-    stage: u32,
-) -> JoinHandle<()> {
-    let total = Arc::clone(total);
-    let hit = Arc::clone(hit);
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+impl Output {
+    /// Passes `buf` on to the caller, up to the cap; past it, asks the stage
+    /// to stop the whole task (SIGALRM).
+    fn deliver(&mut self, err: bool, buf: &[u8], stage: u32) {
+        let n = buf.len() as u64;
+        let before = self.total;
+        self.total = self.total.saturating_add(n);
+        let allowed = self.cap.map_or(n, |c| c.saturating_sub(before).min(n)) as usize;
+        if allowed > 0 {
+            let to = if err {
+                &mut self.to_stderr
+            } else {
+                &mut self.to_stdout
             };
-            let before = total.fetch_add(n as u64, Ordering::Relaxed);
-            let allowed = cap.map_or(n as u64, |c| c.saturating_sub(before).min(n as u64)) as usize;
-            if allowed > 0 {
-                let _ = to.write_all(&buf[..allowed]);
-                let _ = to.flush();
-            }
-            if allowed < n && !hit.swap(true, Ordering::Relaxed) {
-                // Past the cap: the stage stops the whole task on SIGALRM.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(stage as i32),
-                    nix::sys::signal::Signal::SIGALRM,
-                );
-            }
+            let _ = to.write_all(&buf[..allowed]);
+            let _ = to.flush();
         }
-    })
+        if allowed < buf.len() && !self.hit {
+            self.hit = true;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(stage as i32),
+                nix::sys::signal::Signal::SIGALRM,
+            );
+        }
+    }
 }
 
 impl Running {
@@ -300,13 +359,93 @@ impl Running {
         Err(err("no descriptor in the message"))
     }
 
+    /// Moves whatever is ready: output to the sinks, stage messages to the
+    /// queue. Blocks until something is ready or every stream is closed.
+    fn poll_once(&mut self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let stage = self.child.id();
+        let (ready_out, ready_err, ready_msg) = {
+            let mut fds = Vec::with_capacity(3);
+            let mut which = Vec::with_capacity(3);
+            if let Some(o) = &self.output.stdout {
+                fds.push(PollFd::new(o.as_fd(), PollFlags::POLLIN));
+                which.push(0);
+            }
+            if let Some(e) = &self.output.stderr {
+                fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+                which.push(1);
+            }
+            if let Some(m) = &self.msgs {
+                fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+                which.push(2);
+            }
+            if fds.is_empty() {
+                return;
+            }
+            if poll(&mut fds, PollTimeout::NONE).is_err() {
+                return; // EINTR: the caller polls again
+            }
+            let mut ready = [false; 3];
+            for (fd, w) in fds.iter().zip(which) {
+                ready[w] = fd.revents().is_some_and(|r| !r.is_empty());
+            }
+            (ready[0], ready[1], ready[2])
+        };
+        if ready_out {
+            match self.output.stdout.as_mut().map(|o| o.read(&mut self.buf)) {
+                Some(Ok(n)) if n > 0 => self.output.deliver(false, &self.buf[..n], stage),
+                _ => self.output.stdout = None,
+            }
+        }
+        if ready_err {
+            match self.output.stderr.as_mut().map(|e| e.read(&mut self.buf)) {
+                Some(Ok(n)) if n > 0 => self.output.deliver(true, &self.buf[..n], stage),
+                _ => self.output.stderr = None,
+            }
+        }
+        if ready_msg {
+            match self.msgs.as_mut().map(|m| m.read(&mut self.buf)) {
+                Some(Ok(n)) if n > 0 => {
+                    self.msg_buf.extend_from_slice(&self.buf[..n]);
+                    while let Some(i) = self.msg_buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = self.msg_buf.drain(..=i).collect();
+                        if let Ok(m) = serde_json::from_slice::<StageMsg>(&line) {
+                            self.queue.push_back(m);
+                        }
+                    }
+                }
+                _ => self.msgs = None,
+            }
+        }
+    }
+
+    /// The stage's next message, passing output on meanwhile; `None` once the
+    /// stage closed its channel.
+    fn next_msg(&mut self) -> Option<StageMsg> {
+        loop {
+            if let Some(m) = self.queue.pop_front() {
+                return Some(m);
+            }
+            self.msgs.as_ref()?;
+            self.poll_once();
+        }
+    }
+
+    /// Passes output on until the command's streams are closed.
+    fn drain_output(&mut self) {
+        self.msgs = None;
+        while self.output.stdout.is_some() || self.output.stderr.is_some() {
+            self.poll_once();
+        }
+    }
+
     /// Waits until the sandbox is in force and the command is being exec'd.
     ///
     /// # Errors
     /// The stage's own report of why it refused or failed.
     pub fn started(&mut self) -> Result<Enforcement, NativeError> {
-        match self.msgs.recv() {
-            Ok(StageMsg::Started {
+        match self.next_msg() {
+            Some(StageMsg::Started {
                 enforcement,
                 phases,
             }) => {
@@ -315,12 +454,12 @@ impl Running {
                 self.enforcement = Some(enforcement.clone());
                 Ok(enforcement)
             }
-            Ok(StageMsg::Failed { code, message }) => {
+            Some(StageMsg::Failed { code, message }) => {
                 let _ = self.finish_wait();
                 Err(NativeError::Stage { code, message })
             }
-            Ok(StageMsg::Exited { .. } | StageMsg::Done { .. } | StageMsg::LeaseEnded { .. })
-            | Err(_) => {
+            Some(StageMsg::Exited { .. } | StageMsg::Done { .. } | StageMsg::LeaseEnded { .. })
+            | None => {
                 let status = self.finish_wait().map(|(s, _)| s).unwrap_or(-1);
                 Err(NativeError::Stage {
                     code: 125,
@@ -333,6 +472,7 @@ impl Running {
     }
 
     fn finish_wait(&mut self) -> Result<(i32, libc::rusage), NativeError> {
+        self.drain_output();
         let pid = self.child.id() as libc::pid_t;
         let mut status = 0;
         // SAFETY: rusage is plain old data; zeroed is valid.
@@ -350,9 +490,6 @@ impl Running {
                     source: err,
                 });
             }
-        }
-        for p in self.pumps.drain(..) {
-            let _ = p.join();
         }
         if let Some(cg) = self.cgroup.take() {
             let _ = std::fs::remove_dir(cg);
@@ -373,7 +510,7 @@ impl Running {
         let mut limit = None;
         let mut done = None;
         let mut leases_ended = Vec::new();
-        while let Ok(m) = self.msgs.recv() {
+        while let Some(m) = self.next_msg() {
             match m {
                 StageMsg::LeaseEnded { name } => leases_ended.push(name),
                 StageMsg::Exited { exit: e, limit: l } => {
@@ -391,23 +528,18 @@ impl Running {
             }
         }
         // Once the stage says no process of the task is left, its own exit
-        // (namespace teardown, ~1-2 ms) is off the critical path: reap it in
-        // the background. A pids cgroup can only be removed once it is empty,
-        // so that case (root) waits.
+        // (namespace teardown, ~1-2 ms) and the removal of its pids cgroup
+        // are off the critical path: see `settle`.
         let (status, usage) = match done {
-            Some(u) if self.cgroup.is_none() => {
-                for p in self.pumps.drain(..) {
-                    let _ = p.join();
-                }
-                let pid = self.child.id() as libc::pid_t;
-                std::thread::spawn(move || {
-                    let mut st = 0;
-                    // SAFETY: waitpid writes the status into a live local.
-                    unsafe { libc::waitpid(pid, &mut st, 0) };
-                });
+            Some(u) => {
+                self.drain_output();
+                EXITING
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((self.child.id() as libc::pid_t, self.cgroup.take()));
                 (0, u)
             }
-            _ => {
+            None => {
                 let (status, ru) = self.finish_wait()?;
                 let us = |t: libc::timeval| {
                     (t.tv_sec as u64)
@@ -420,7 +552,7 @@ impl Running {
                     max_rss_kib: ru.ru_maxrss as u64,
                     output_bytes: 0,
                 };
-                (status, done.unwrap_or(usage))
+                (status, usage)
             }
         };
         self.timings.exited_us = micros(self.started_at);
@@ -430,7 +562,7 @@ impl Running {
         } else {
             Exit::Code(libc::WEXITSTATUS(status))
         });
-        if self.output_hit.load(Ordering::Relaxed) {
+        if self.output.hit {
             limit = Some(LimitHit::Output);
         }
         Ok(Outcome {
@@ -439,7 +571,7 @@ impl Running {
             enforcement,
             duration_ms,
             usage: Usage {
-                output_bytes: self.output.load(Ordering::Relaxed),
+                output_bytes: self.output.total,
                 ..usage
             },
             timings: std::mem::take(&mut self.timings),

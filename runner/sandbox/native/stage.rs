@@ -1,4 +1,4 @@
-//! The launch stage: a fresh, single-threaded process (`taskbox __exec`) that
+//! The launch stage: a fresh, single-threaded process (`taskbox-stage`) that
 //! reads a `NativePlan`, builds the sandbox and supervises the command.
 //!
 //! Process tree in namespace mode:
@@ -152,8 +152,10 @@ impl Channel {
     }
 }
 
-/// Entry point of `taskbox __exec --fd N`. Never returns.
-pub fn main(fd: RawFd, pass_fd: RawFd) -> ! {
+/// Entry point of `taskbox-stage FD PASS_FD [ns]`. With `namespaces`, the
+/// stage enters its namespaces at once, while the runner is still preparing
+/// the plan. Never returns.
+pub fn main(fd: RawFd, pass_fd: RawFd, namespaces: bool) -> ! {
     // SAFETY: the runner passed this descriptor number for our exclusive use.
     let pass = unsafe { UnixStream::from_raw_fd(pass_fd) };
     let _ = nix::fcntl::fcntl(
@@ -168,7 +170,7 @@ pub fn main(fd: RawFd, pass_fd: RawFd) -> ! {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let mut chan = Channel(sock);
-    let code = match run(&mut chan) {
+    let code = match run(&mut chan, namespaces) {
         Ok(code) => code,
         Err((code, e)) => {
             chan.send(&StageMsg::Failed {
@@ -207,10 +209,27 @@ fn read_plan(chan: &mut Channel) -> Result<NativePlan, NativeError> {
     })
 }
 
-fn run(chan: &mut Channel) -> StageResult<i32> {
+fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
     START.get_or_init(Instant::now);
     die_with_parent();
-    let plan = setup(read_plan(chan))?;
+    // The namespaces need nothing from the plan but our own ids: entering
+    // them now overlaps their cost with the runner's preparation.
+    let entered = early_ns.then(|| {
+        ns::enter(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    });
+    let plan = match read_plan(chan) {
+        Ok(p) => p,
+        // The runner decided not to launch (a refusal, a pending approval).
+        Err(NativeError::Setup { source, .. })
+            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            std::process::exit(0)
+        }
+        Err(e) => return Err((125, e)),
+    };
     mark("plan");
     if nix::unistd::getppid().as_raw() != plan.runner_pid {
         return Err((
@@ -234,8 +253,16 @@ fn run(chan: &mut Channel) -> StageResult<i32> {
         .wall_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut notes = Vec::new();
+    if entered.is_some() && plan.isolation != Isolation::Namespaces {
+        return Err((
+            125,
+            NativeError::Plan {
+                message: "the stage entered namespaces but the plan runs without them".into(),
+            },
+        ));
+    }
     let isolation = match plan.isolation {
-        Isolation::Namespaces => match ns::enter(plan.uid, plan.gid) {
+        Isolation::Namespaces => match entered.unwrap_or_else(|| ns::enter(plan.uid, plan.gid)) {
             Ok(()) => Isolation::Namespaces,
             Err(e) if plan.fallback_allowed => {
                 notes.push(format!(
@@ -364,7 +391,7 @@ fn wait_signal(set: &SigSet, deadline: Option<Instant>) -> Option<i32> {
         let ts = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
+                tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX as _),
                 tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
             }
         });
@@ -632,38 +659,35 @@ fn init(
     let (exe, argv, envp) =
         exec_args(plan, &tmp, proxy_port, &fds).map_err(|e| (e.exit_code(), e))?;
 
-    // SAFETY: single-threaded; the child only makes syscalls, then execs or exits.
-    let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let code = match command(
-                chan, plan, &rules, &filters, namespaces, notes, &exe, &argv, &envp,
-            ) {
-                Ok(never) => match never {},
-                Err((c, e)) => {
-                    chan.send(&StageMsg::Failed {
-                        code: c,
-                        message: chain(&e),
-                    });
-                    c
-                }
-            };
-            // SAFETY: _exit skips atexit handlers that belong to the parent.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            release_output();
-            child
-        }
-        Err(e) => {
-            return Err((
-                125,
-                NativeError::Setup {
-                    what: "fork command".into(),
-                    source: e.into(),
-                },
-            ));
-        }
-    };
+    let mut moved = Some((notes, namespaces));
+    let child = spawn_command(&mut || {
+        let (notes, namespaces) = moved.take().unwrap_or_default();
+        let code = match command(
+            chan, plan, &rules, &filters, namespaces, notes, &exe, &argv, &envp,
+        ) {
+            Ok(never) => match never {},
+            Err((c, e)) => {
+                chan.send(&StageMsg::Failed {
+                    code: c,
+                    message: chain(&e),
+                });
+                c
+            }
+        };
+        // SAFETY: _exit skips atexit handlers and destructors that belong
+        // to the (suspended) stage whose memory this child shares.
+        unsafe { libc::_exit(code) }
+    })
+    .map_err(|e| {
+        (
+            125,
+            NativeError::Setup {
+                what: "start the command".into(),
+                source: e.into(),
+            },
+        )
+    })?;
+    release_output();
     let set = handled();
     let mut status: Option<Exit> = None;
     let mut limit = None;
@@ -842,6 +866,50 @@ fn exec_args(
 enum Never {}
 
 /// The command process: session, cwd, limits, privileges, Landlock, seccomp, exec.
+/// Starts the command's process the way `posix_spawn` does: a child that
+/// shares this process's memory while this (single-threaded) stage is
+/// suspended until the child execs or exits. No page tables are copied and
+/// no copy-on-write faults follow, which a `fork` of the stage pays for on
+/// every launch. `body` runs on a stack of its own and must end in `execve`
+/// or `_exit`, never return.
+fn spawn_command(body: &mut dyn FnMut() -> isize) -> nix::Result<Pid> {
+    use nix::sched::CloneFlags;
+    const STACK: usize = 1 << 20;
+    // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: the mapping is STACK bytes, readable and writable, and only
+    // the child uses it, until it is unmapped below (after the child
+    // exec'd or exited: CLONE_VFORK returns only then).
+    let slice = unsafe { std::slice::from_raw_parts_mut(stack.cast::<u8>(), STACK) };
+    // SAFETY: this process is single-threaded, and CLONE_VFORK suspends it
+    // until the child execs or exits, so nothing runs concurrently on the
+    // memory they share; the child runs `body`, which ends in execve or
+    // _exit and so never returns into the stage's stack frames.
+    let r = unsafe {
+        nix::sched::clone(
+            Box::new(body),
+            slice,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        )
+    };
+    // SAFETY: the child no longer runs on this stack (see above).
+    unsafe { libc::munmap(stack, STACK) };
+    r
+}
+
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site, each argument is a distinct piece of the plan"
@@ -925,6 +993,14 @@ fn command(
         phases,
     });
     let e = nix::unistd::execve(exe, argv, envp).err();
+    if e == Some(nix::errno::Errno::ENOENT) {
+        return Err((
+            127,
+            NativeError::NotFound {
+                program: plan.argv[0].clone(),
+            },
+        ));
+    }
     let err = e.map_or_else(
         || std::io::Error::other("exec returned"),
         std::io::Error::from,

@@ -68,10 +68,15 @@ pub fn taskbox_bin() -> &'static Path {
         let dst = dir.join("taskbox");
         std::fs::copy(&src, &dst).unwrap();
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
-        // The WASM backend's helper lives beside the runner.
-        let helper = dir.join("taskbox-wasm");
-        std::fs::copy(env!("CARGO_BIN_EXE_taskbox-wasm"), &helper).unwrap();
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The launch stage and the WASM backend's helper live beside the runner.
+        for (name, src) in [
+            ("taskbox-stage", env!("CARGO_BIN_EXE_taskbox-stage")),
+            ("taskbox-wasm", env!("CARGO_BIN_EXE_taskbox-wasm")),
+        ] {
+            let path = dir.join(name);
+            std::fs::copy(src, &path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         dst
     })
 }
