@@ -617,7 +617,10 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         audit.append_all(wasm_events)?;
     }
     let overlay = prof.workspace == WorkspaceMode::Overlay;
-    let dir = state.create_task(&task, overlay)?;
+    // The task's directory and record are written once the stage has its
+    // plan, while it builds the sandbox (the stage makes the overlay's
+    // directories itself): none of it is on the launch's path.
+    let dir = state.task_dir(&task);
     if overlay {
         plan.overlay = Some(native::OverlayDirs {
             upper: dir.upper(),
@@ -637,11 +640,14 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         overlay,
         lifecycle: Lifecycle::Running,
     };
-    state.save(&record)?;
     let prepared = prepare_us();
     let result = launch_and_wait(
         plan,
         stage,
+        &|| {
+            state.create_task(&task, false)?;
+            state.save(&record)
+        },
         stdout,
         stderr,
         &task,
@@ -795,17 +801,20 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             record.lifecycle = Lifecycle::Refused {
                 code: e.exit_code(),
             };
+            state.create_task(&task, false)?;
             state.save(&record)?;
             state.drop_changes(&task)?;
             refuse(e.exit_code(), e.to_string())
         }
         Err(Launch::Audit(e)) => Err(ActionError::Audit(e)),
+        Err(Launch::Task(e)) => Err(ActionError::Task(e)),
     }
 }
 
 enum Launch {
     Refused(NativeError),
     Audit(crate::audit::AuditError),
+    Task(TaskError),
 }
 
 #[allow(
@@ -815,6 +824,7 @@ enum Launch {
 fn launch_and_wait(
     plan: native::NativePlan,
     stage: native::Stage,
+    record: &dyn Fn() -> Result<(), TaskError>,
     stdout: Sink,
     stderr: Sink,
     task: &TaskId,
@@ -830,6 +840,11 @@ fn launch_and_wait(
     let mut running = stage
         .launch(plan, stdout, stderr, task.as_str())
         .map_err(Launch::Refused)?;
+    if let Err(e) = record() {
+        running.kill();
+        let _ = running.wait();
+        return Err(Launch::Task(e));
+    }
     let enforcement: Enforcement = running.started().map_err(Launch::Refused)?;
     let start = AuditEvent::TaskStart {
         task: task.to_string(),

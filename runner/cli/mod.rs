@@ -50,21 +50,51 @@ enum Command {
     Doctor(doctor::DoctorArgs),
 }
 
+/// `taskbox run` alone. It runs once per tool action, and building the
+/// parsers of every other subcommand first cost about as much as the
+/// sandbox's Landlock layer; its help and errors are the full CLI's.
+#[derive(Debug, Parser)]
+#[command(name = "taskbox", version, about, propagate_version = true)]
+struct RunCli {
+    #[command(subcommand)]
+    command: RunOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunOnly {
+    /// Run a command as a task, in a sandbox built from a profile.
+    Run(run::RunArgs),
+}
+
+/// Parses the arguments as `P`; on a parse error (or help, or version),
+/// prints it and gives the exit code.
+fn parse<P: Parser>() -> Result<P, i32> {
+    P::try_parse().map_err(|e| {
+        let code = match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+            _ => crate::action::EXIT_TASKBOX,
+        };
+        let _ = e.print();
+        code
+    })
+}
+
 /// Parses the process's arguments and runs the subcommand.
 ///
 /// # Errors
 /// Whatever the subcommand failed with; see [`exit_code_of`].
 pub fn run() -> anyhow::Result<i32> {
-    let cli = match Cli::try_parse() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        return match parse::<RunCli>() {
+            Ok(RunCli {
+                command: RunOnly::Run(a),
+            }) => a.execute(),
+            Err(code) => Ok(code),
+        };
+    }
+    let cli = match parse::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let code = match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => crate::action::EXIT_TASKBOX,
-            };
-            let _ = e.print();
-            return Ok(code);
-        }
+        Err(code) => return Ok(code),
     };
     match cli.command {
         Command::Run(a) => a.execute(),

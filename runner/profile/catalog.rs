@@ -100,9 +100,13 @@ impl Catalog {
         workspace: Option<&Path>,
     ) -> Result<Profile, ProfileError> {
         let mut chain = vec![self.source(name_or_path, workspace)?];
+        let mut parsed = Vec::new();
         loop {
             let top = chain.last().ok_or(ProfileError::EmptyChain)?;
-            let Some(parent) = parse(top)?.extends else {
+            let raw = parse(top)?;
+            let parent = raw.extends.clone();
+            parsed.push(raw);
+            let Some(parent) = parent else {
                 break;
             };
             let parent_name = parent.get_ref().clone();
@@ -123,8 +127,7 @@ impl Catalog {
             })?;
             chain.push(next);
         }
-        chain.reverse();
-        Profile::from_layers(&chain)
+        Profile::from_parsed(chain.iter().zip(parsed).rev().collect())
     }
 
     /// Finds one source by name or path.

@@ -1,6 +1,6 @@
 //! The validated profile: what a chain of TOML layers means once merged.
 //!
-//! `Profile` is only made by [`Profile::from_layers`], which parses, validates
+//! `Profile` is only made by [`Profile::from_layers`] (or `from_parsed`), which parses, validates
 //! and merges; any value in it has passed every check.
 
 use std::collections::BTreeMap;
@@ -401,16 +401,28 @@ impl Profile {
     /// # Errors
     /// The first bad value, naming file, line, column and field.
     pub fn from_layers(layers: &[Source]) -> Result<Self, ProfileError> {
+        let parsed = layers
+            .iter()
+            .map(|s| parse(s).map(|raw| (s, raw)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_parsed(parsed)
+    }
+
+    /// [`Profile::from_layers`] for layers already parsed (the catalog
+    /// parses each one to follow `extends`; once is enough).
+    pub(crate) fn from_parsed(layers: Vec<(&Source, ProfileToml)>) -> Result<Self, ProfileError> {
         use sha2::Digest as _;
-        let leaf = layers.last().ok_or(ProfileError::EmptyChain)?;
+        let leaf = layers
+            .last()
+            .map(|(s, _)| *s)
+            .ok_or(ProfileError::EmptyChain)?;
         let mut profile = Self::empty(&leaf.name, leaf.origin.clone());
         let mut hasher = sha2::Sha256::new();
-        for (depth, source) in layers.iter().enumerate() {
+        for (depth, (source, raw)) in layers.into_iter().enumerate() {
             hasher.update(source.name.as_bytes());
             hasher.update([0]);
             hasher.update(source.text.as_bytes());
             hasher.update([0]);
-            let raw = parse(source)?;
             let before = profile.widenings.len();
             profile.apply(source, raw, depth > 0)?;
             if source.untrusted && profile.widenings.len() > before {

@@ -171,25 +171,40 @@ impl StateDir {
         Ok(dir)
     }
 
-    /// Writes a task's record (atomically: temp file + rename).
+    /// Writes a task's record in one `write` (a killed runner cannot leave
+    /// half of it), in place: a temporary file and a rename, per save, cost
+    /// more than the rest of a short task's bookkeeping. A shorter record
+    /// is padded with spaces to the old length (valid JSON either way), so
+    /// the file is never truncated first.
     ///
     /// # Errors
     /// When the record cannot be written.
     pub fn save(&self, rec: &TaskRecord) -> Result<(), TaskError> {
+        use std::os::unix::fs::FileExt as _;
         let dir = self.task_dir(&rec.id);
-        let body = serde_json::to_vec_pretty(rec).map_err(|e| TaskError::Corrupt {
-            path: dir.record(),
+        let path = dir.record();
+        let mut body = serde_json::to_vec_pretty(rec).map_err(|e| TaskError::Corrupt {
+            path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = dir.root().join("task.json.tmp");
-        std::fs::write(&tmp, body).map_err(|source| TaskError::Io {
-            path: tmp.clone(),
+        body.push(b'\n');
+        let io = |source| TaskError::Io {
+            path: path.clone(),
             source,
-        })?;
-        std::fs::rename(&tmp, dir.record()).map_err(|source| TaskError::Io {
-            path: dir.record(),
-            source,
-        })
+        };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let old = f.metadata().map_err(io)?.len();
+        if let Ok(old) = usize::try_from(old)
+            && old > body.len()
+        {
+            body.resize(old, b' ');
+        }
+        f.write_all_at(&body, 0).map_err(io)
     }
 
     /// Reads a task's record.

@@ -149,6 +149,19 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
     // The overlay goes first: its upper directory (in the task store) is
     // about to become read-only like everything else outside the writable trees.
     if let Some((upper, work)) = p.overlay {
+        // The task store's directories for this task: made here, off the
+        // runner's path, private to the user.
+        for d in [upper, work] {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(|source| NativeError::Setup {
+                    what: format!("create {}", d.display()),
+                    source,
+                })?;
+        }
         // userxattr: overlayfs in a user namespace keeps its metadata in user.* xattrs.
         let opts = format!(
             "lowerdir={},upperdir={},workdir={},userxattr,volatile",

@@ -35,12 +35,14 @@ pub fn apply(l: &LimitSpec) -> Result<(), NativeError> {
     Ok(())
 }
 
-/// Drops every capability (bounding, ambient, effective, permitted,
-/// inheritable), so the command holds none even as uid 0 of its namespace.
+/// Empties the bounding set: no later `execve` of this process or its
+/// children can gain a capability (uid 0 included). Done by the stage
+/// before its plan arrives (it limits only what exec grants, not what the
+/// stage holds now), which keeps ~40 prctl calls off every launch's path.
 ///
 /// # Errors
 /// When a capability cannot be dropped.
-pub fn drop_capabilities() -> Result<(), NativeError> {
+pub fn drop_bounding_set() -> Result<(), NativeError> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
@@ -61,6 +63,17 @@ pub fn drop_capabilities() -> Result<(), NativeError> {
             });
         }
     }
+    Ok(())
+}
+
+/// Drops the capabilities the process holds (ambient, effective, permitted,
+/// inheritable); with the bounding set already empty
+/// ([`drop_bounding_set`]) the command holds none, even as uid 0 of its
+/// namespace.
+///
+/// # Errors
+/// When the kernel refuses.
+pub fn drop_capabilities() -> Result<(), NativeError> {
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
     unsafe {
         libc::prctl(

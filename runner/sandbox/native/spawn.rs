@@ -34,13 +34,19 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 /// path and without a thread.
 static EXITING: Mutex<Vec<(libc::pid_t, Option<PathBuf>)>> = Mutex::new(Vec::new());
 
-fn reap_exited(block: bool) {
+fn reap_exited(settling: bool) {
     let mut pids = EXITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     pids.retain(|(pid, cgroup)| {
         let mut st = 0;
-        let flags = if block { 0 } else { libc::WNOHANG };
+        // Settling, a stage with a pids cgroup (root) is waited for: the
+        // cgroup can only be removed once it is empty.
+        let flags = if settling && cgroup.is_some() {
+            0
+        } else {
+            libc::WNOHANG
+        };
         // SAFETY: waitpid writes the status into a live local.
         let rc = unsafe { libc::waitpid(*pid, &mut st, flags) };
         if rc == 0 {
@@ -53,8 +59,10 @@ fn reap_exited(block: bool) {
     });
 }
 
-/// Reaps every stage that is still exiting and removes its cgroup; call
-/// before the runner exits.
+/// Call before the runner exits: removes the pids cgroups of stages that
+/// are still exiting (waiting for them), and reaps those that are done. One
+/// still tearing its namespaces down is left to init: waiting would only
+/// delay the caller.
 pub fn settle() {
     reap_exited(true);
 }

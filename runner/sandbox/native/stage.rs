@@ -220,6 +220,11 @@ fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
             nix::unistd::getgid().as_raw(),
         )
     });
+    // More of what needs no plan, while the runner prepares it: the
+    // bounding set (inherited by every process of the task) and both
+    // seccomp filters (with and without inet sockets).
+    let bounding = rlimit::drop_bounding_set();
+    let prebuilt = (seccomp::build(false), seccomp::build(true));
     let plan = match read_plan(chan) {
         Ok(p) => p,
         // The runner decided not to launch (a refusal, a pending approval).
@@ -231,6 +236,7 @@ fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
         Err(e) => return Err((125, e)),
     };
     mark("plan");
+    setup(bounding)?;
     if nix::unistd::getppid().as_raw() != plan.runner_pid {
         return Err((
             125,
@@ -333,7 +339,7 @@ fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
                     die_with_parent();
-                    let code = match init(chan, &plan, isolation, notes, None) {
+                    let code = match init(chan, &plan, isolation, notes, None, prebuilt) {
                         Ok(c) => c,
                         Err((c, e)) => {
                             chan.send(&StageMsg::Failed {
@@ -375,7 +381,7 @@ fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
                     },
                 ));
             }
-            init(chan, &plan, isolation, notes, deadline)
+            init(chan, &plan, isolation, notes, deadline, prebuilt)
         }
     }
 }
@@ -530,12 +536,19 @@ fn finish(chan: &mut Channel, exit: Exit, limit: Option<LimitHit>) -> i32 {
 
 /// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
 /// view, starts the command, reaps, and kills what is left when it ends.
+/// Seccomp filters built ahead of the plan: (without inet, with inet).
+type Prebuilt = (
+    Result<Vec<seccompiler::BpfProgram>, NativeError>,
+    Result<Vec<seccompiler::BpfProgram>, NativeError>,
+);
+
 fn init(
     chan: &mut Channel,
     plan: &NativePlan,
     isolation: Isolation,
     mut notes: Vec<String>,
     deadline: Option<Instant>,
+    prebuilt: Prebuilt,
 ) -> StageResult<i32> {
     let spec = &plan.spec;
     let deny = ns::expand_globs(&spec.fs.deny);
@@ -641,7 +654,7 @@ fn init(
         notes.push("without a mount namespace, entry names (never contents) inside a denied directory whose parent is granted can be listed".into());
     }
     let inet = spec.net.mode != NetMode::None;
-    let filters = setup(seccomp::build(inet))?;
+    let filters = setup(if inet { prebuilt.1 } else { prebuilt.0 })?;
     mark("prepared");
     let mut fds: Vec<(String, String)> = inherited
         .iter()
