@@ -101,6 +101,9 @@ pub struct RunRequest {
     /// The launch stage binary (`taskbox-stage`, beside taskbox; the WASM
     /// helper is looked for beside it).
     pub stage_exe: PathBuf,
+    /// The stage, if the caller started it already (as early as it could,
+    /// with namespaces unless `TASKBOX_NO_USERNS=1`); else it starts here.
+    pub stage: Option<native::Stage>,
     /// Where the command's stdout goes.
     pub stdout: Sink,
     /// Where the command's stderr goes.
@@ -185,19 +188,23 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         state,
         catalog,
         stage_exe,
+        stage,
         stdout,
         stderr,
         mode,
         approved_task,
     } = req;
     let begun = std::time::Instant::now();
-    // The stage starts now, so that its start-up and its namespaces cost
-    // nothing on the critical path: they overlap with the preparation
-    // below. If the task is refused before launch, it exits unused.
+    // The stage starts before anything else, so that its start-up and its
+    // namespaces overlap with the preparation below. If the task is
+    // refused before launch, it exits unused.
     let force_no_userns = caller_env
         .iter()
         .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
-    let stage = native::Stage::spawn(&stage_exe, !force_no_userns)?;
+    let stage = match stage {
+        Some(s) => s,
+        None => native::Stage::spawn(&stage_exe, !force_no_userns)?,
+    };
     let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());
     // An approved task runs exactly what was approved: its own profile,

@@ -85,11 +85,16 @@ fn parse<P: Parser>() -> Result<P, i32> {
 /// Whatever the subcommand failed with; see [`exit_code_of`].
 pub fn run() -> anyhow::Result<i32> {
     if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        let stage = run::early_stage();
         return match parse::<RunCli>() {
             Ok(RunCli {
                 command: RunOnly::Run(a),
-            }) => a.execute(),
-            Err(code) => Ok(code),
+            }) => a.execute(stage),
+            Err(code) => {
+                drop(stage);
+                crate::sandbox::native::settle();
+                Ok(code)
+            }
         };
     }
     let cli = match parse::<Cli>() {
@@ -97,7 +102,7 @@ pub fn run() -> anyhow::Result<i32> {
         Err(code) => return Ok(code),
     };
     match cli.command {
-        Command::Run(a) => a.execute(),
+        Command::Run(a) => a.execute(None),
         Command::Profile(a) => a.execute(),
         Command::Audit(a) => a.execute(),
         Command::Doctor(a) => a.execute(),

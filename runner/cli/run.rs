@@ -40,9 +40,21 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+/// Starts the launch stage before the arguments are even parsed: every
+/// microsecond the runner spends before sending the plan then overlaps with
+/// the stage's own start-up and namespaces. `None` if it cannot (the error
+/// is reported by the ordinary path).
+pub fn early_stage() -> Option<crate::sandbox::native::Stage> {
+    use crate::sandbox::native;
+    let exe = native::stage_beside(&std::env::current_exe().ok()?).ok()?;
+    let namespaces = std::env::var("TASKBOX_NO_USERNS").as_deref() != Ok("1");
+    native::Stage::spawn(&exe, namespaces).ok()
+}
+
 impl RunArgs {
-    /// Runs the task; returns the contract's exit code.
-    pub fn execute(self) -> anyhow::Result<i32> {
+    /// Runs the task (with `stage`, if one was started for it already);
+    /// returns the contract's exit code.
+    pub fn execute(self, stage: Option<crate::sandbox::native::Stage>) -> anyhow::Result<i32> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let workspace = self.workspace.clone().unwrap_or_else(|| cwd.clone());
         let in_workspace = std::fs::canonicalize(&cwd)
@@ -63,6 +75,7 @@ impl RunArgs {
             stage_exe: crate::sandbox::native::stage_beside(
                 &std::env::current_exe().context("cannot find the taskbox binary")?,
             )?,
+            stage,
             stdout: Box::new(LineEnd {
                 out: std::io::stdout(),
                 open: Arc::clone(&open_line),
