@@ -9,10 +9,10 @@ fn main() {
         args.next().and_then(|a| a.parse().ok()),
     ) else {
         eprintln!(
-            "taskbox-stage: started by the taskbox runner only (usage: taskbox-stage FD PASS_FD [ns])"
+            "taskbox-stage: started by the taskbox runner only (usage: taskbox-stage FD PASS_FD [ns|ns-hostnet|-])"
         );
         std::process::exit(125);
     };
-    let namespaces = args.next().is_some_and(|a| a == "ns");
-    taskbox::sandbox::native::stage_main(fd, pass, namespaces)
+    let early = taskbox::sandbox::native::EarlyNamespaces::parse(&args.next().unwrap_or_default());
+    taskbox::sandbox::native::stage_main(fd, pass, early)
 }

@@ -201,9 +201,14 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     let force_no_userns = caller_env
         .iter()
         .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
-    let stage = match stage {
+    let early = if force_no_userns {
+        native::EarlyNamespaces::Later
+    } else {
+        native::EarlyNamespaces::All
+    };
+    let mut stage = match stage {
         Some(s) => s,
-        None => native::Stage::spawn(&stage_exe, !force_no_userns)?,
+        None => native::Stage::spawn(&stage_exe, early)?,
     };
     let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());
@@ -253,6 +258,11 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         });
     }
     let prof = catalog.load(&profile, Some(&workspace))?;
+    // Network mode host keeps the host's network, which a stage that
+    // entered a network namespace on start can never rejoin: start another.
+    if prof.net.mode == NetMode::Host && stage.early() == native::EarlyNamespaces::All {
+        stage = native::Stage::spawn(&stage_exe, native::EarlyNamespaces::AllButNet)?;
+    }
     let refuse = |code: i32, reason: String| -> Result<RunReport, ActionError> {
         audit.append(AuditEvent::TaskRefused {
             task: task.to_string(),

@@ -47,8 +47,12 @@ pub struct RunArgs {
 pub fn early_stage() -> Option<crate::sandbox::native::Stage> {
     use crate::sandbox::native;
     let exe = native::stage_beside(&std::env::current_exe().ok()?).ok()?;
-    let namespaces = std::env::var("TASKBOX_NO_USERNS").as_deref() != Ok("1");
-    native::Stage::spawn(&exe, namespaces).ok()
+    let early = if std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1") {
+        native::EarlyNamespaces::Later
+    } else {
+        native::EarlyNamespaces::All
+    };
+    native::Stage::spawn(&exe, early).ok()
 }
 
 impl RunArgs {

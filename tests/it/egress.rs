@@ -372,3 +372,47 @@ fn ipv6_loopback_literal_entries_work_and_others_do_not() {
     assert_eq!(hits.load(Ordering::SeqCst), 1, "{r:?}");
     assert!(r.stdout.contains("denied by policy"), "{r:?}");
 }
+
+#[test]
+fn network_mode_host_shares_the_host_network() {
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let p = t.profile(
+            "hostnet",
+            "extends = \"explore\"\n[network]\nmode = \"host\"\n",
+        );
+        let py = format!(
+            "import socket\ns=socket.create_connection(('127.0.0.1',{port}),timeout=5); s.sendall(b'from-task'); s.close(); print('SENT')\n"
+        );
+        let waiter = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            got
+        });
+        let r = t.taskbox(&[
+            "run",
+            "-p",
+            &p,
+            "--json",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &py,
+        ]);
+        r.code(0);
+        assert!(r.stdout.contains("SENT"), "{r:?}");
+        // Seen from outside: the host's listener got the bytes.
+        assert_eq!(waiter.join().unwrap(), "from-task", "{m:?}");
+        let ns: Vec<String> = r.json()["outcome"]["enforcement"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(!ns.contains(&"net".to_owned()), "{ns:?}");
+        assert!(ns.contains(&"mount".to_owned()), "{ns:?}");
+    }
+}

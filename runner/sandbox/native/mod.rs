@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub use landlock::kernel_abi;
 pub use ns::userns_available;
 pub use plan::{
-    InheritFile, Isolation, NativePlan, OverlayDirs, PlanInputs, SecretFile, plan,
+    EarlyNamespaces, InheritFile, Isolation, NativePlan, OverlayDirs, PlanInputs, SecretFile, plan,
     secret_file_path, secret_file_var,
 };
 pub use spawn::{Running, Sink, Stage, settle};

@@ -15,18 +15,20 @@ use super::NativeError;
 /// Namespaces the stage enters, by name, for the enforcement report.
 pub const NAMESPACES: [&str; 6] = ["user", "mount", "pid", "net", "ipc", "uts"];
 
-/// Enters new user, mount, pid, net, ipc and uts namespaces and maps the
-/// caller's uid/gid to themselves.
+/// Enters new user, mount, pid, ipc and uts namespaces, and with `net` a
+/// network namespace, and maps the caller's uid/gid to themselves.
 ///
 /// # Errors
 /// When user namespaces are unavailable (`errno` tells why).
-pub fn enter(uid: u32, gid: u32) -> Result<(), NativeError> {
-    let flags = CloneFlags::CLONE_NEWUSER
+pub fn enter(uid: u32, gid: u32, net: bool) -> Result<(), NativeError> {
+    let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
+    if net {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
     unshare(flags).map_err(|e| NativeError::Namespaces { errno: e })?;
     let write = |file: &str, text: String| {
         std::fs::write(file, text).map_err(|source| NativeError::Setup {

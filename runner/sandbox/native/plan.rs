@@ -9,6 +9,38 @@ use crate::profile::SandboxSpec;
 
 use super::NativeError;
 
+/// Which namespaces the stage enters as soon as it starts, before its
+/// plan arrives (so their cost overlaps with the runner's preparation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyNamespaces {
+    /// None: the plan decides (Landlock-only mode).
+    Later,
+    /// All six.
+    All,
+    /// All but the network namespace (network mode host).
+    AllButNet,
+}
+
+impl EarlyNamespaces {
+    /// Its spelling on the stage's command line.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Later => "-",
+            Self::All => "ns",
+            Self::AllButNet => "ns-hostnet",
+        }
+    }
+
+    /// Reads [`EarlyNamespaces::arg`]; anything else is `Later`.
+    pub fn parse(arg: &str) -> Self {
+        match arg {
+            "ns" => Self::All,
+            "ns-hostnet" => Self::AllButNet,
+            _ => Self::Later,
+        }
+    }
+}
+
 /// Whether the stage enters namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

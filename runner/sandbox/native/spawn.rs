@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::NativeError;
-use super::plan::NativePlan;
+use super::plan::{EarlyNamespaces, NativePlan};
 use super::stage::StageMsg;
 use crate::sandbox::{Enforcement, Exit, LimitHit, Outcome, Timings, Usage};
 
@@ -104,19 +104,27 @@ type Parts = (Child, UnixStream, UnixStream);
 pub struct Stage {
     /// `None` once launched.
     parts: Option<Parts>,
+    /// What it entered on start.
+    early: EarlyNamespaces,
 }
 
 impl Stage {
-    /// Starts the stage binary; `namespaces` tells it to enter them at once
-    /// (the plan must then run with namespaces).
+    /// Starts the stage binary, which enters the `early` namespaces at once
+    /// (the plan must then run with exactly those).
     ///
     /// # Errors
     /// When the stage cannot be spawned.
-    pub fn spawn(stage_exe: &Path, namespaces: bool) -> Result<Self, NativeError> {
+    pub fn spawn(stage_exe: &Path, early: EarlyNamespaces) -> Result<Self, NativeError> {
         reap_exited(false);
         Ok(Self {
-            parts: Some(spawn_stage(stage_exe, namespaces)?),
+            parts: Some(spawn_stage(stage_exe, early)?),
+            early,
         })
+    }
+
+    /// The namespaces it entered on start.
+    pub fn early(&self) -> EarlyNamespaces {
+        self.early
     }
 
     /// Sends the plan: the task starts.
@@ -202,7 +210,7 @@ impl Drop for Stage {
     }
 }
 
-fn spawn_stage(stage_exe: &Path, namespaces: bool) -> Result<Parts, NativeError> {
+fn spawn_stage(stage_exe: &Path, early: EarlyNamespaces) -> Result<Parts, NativeError> {
     let pair = || {
         UnixStream::pair().map_err(|source| NativeError::Setup {
             what: "socketpair".into(),
@@ -214,7 +222,7 @@ fn spawn_stage(stage_exe: &Path, namespaces: bool) -> Result<Parts, NativeError>
     let mut cmd = Command::new(stage_exe);
     cmd.arg(theirs.as_raw_fd().to_string())
         .arg(pass_theirs.as_raw_fd().to_string())
-        .arg(if namespaces { "ns" } else { "-" })
+        .arg(early.arg())
         .env_clear()
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())

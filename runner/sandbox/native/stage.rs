@@ -152,10 +152,10 @@ impl Channel {
     }
 }
 
-/// Entry point of `taskbox-stage FD PASS_FD [ns]`. With `namespaces`, the
-/// stage enters its namespaces at once, while the runner is still preparing
-/// the plan. Never returns.
-pub fn main(fd: RawFd, pass_fd: RawFd, namespaces: bool) -> ! {
+/// Entry point of `taskbox-stage FD PASS_FD [ns|ns-hostnet|-]`: the stage
+/// enters the `early` namespaces at once, while the runner is still
+/// preparing the plan. Never returns.
+pub fn main(fd: RawFd, pass_fd: RawFd, early: super::plan::EarlyNamespaces) -> ! {
     // SAFETY: the runner passed this descriptor number for our exclusive use.
     let pass = unsafe { UnixStream::from_raw_fd(pass_fd) };
     let _ = nix::fcntl::fcntl(
@@ -170,7 +170,7 @@ pub fn main(fd: RawFd, pass_fd: RawFd, namespaces: bool) -> ! {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let mut chan = Channel(sock);
-    let code = match run(&mut chan, namespaces) {
+    let code = match run(&mut chan, early) {
         Ok(code) => code,
         Err((code, e)) => {
             chan.send(&StageMsg::Failed {
@@ -209,15 +209,17 @@ fn read_plan(chan: &mut Channel) -> Result<NativePlan, NativeError> {
     })
 }
 
-fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
+fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i32> {
+    use super::plan::EarlyNamespaces;
     START.get_or_init(Instant::now);
     die_with_parent();
     // The namespaces need nothing from the plan but our own ids: entering
     // them now overlaps their cost with the runner's preparation.
-    let entered = early_ns.then(|| {
+    let entered = (early != EarlyNamespaces::Later).then(|| {
         ns::enter(
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
+            early == EarlyNamespaces::All,
         )
     });
     // More of what needs no plan, while the runner prepares it: the
@@ -259,34 +261,39 @@ fn run(chan: &mut Channel, early_ns: bool) -> StageResult<i32> {
         .wall_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut notes = Vec::new();
-    if entered.is_some() && plan.isolation != Isolation::Namespaces {
+    let want_net = plan.spec.net.mode != NetMode::Host;
+    if entered.is_some()
+        && (plan.isolation != Isolation::Namespaces || want_net != (early == EarlyNamespaces::All))
+    {
         return Err((
             125,
             NativeError::Plan {
-                message: "the stage entered namespaces but the plan runs without them".into(),
+                message: "the stage entered namespaces the plan does not run with".into(),
             },
         ));
     }
     let isolation = match plan.isolation {
-        Isolation::Namespaces => match entered.unwrap_or_else(|| ns::enter(plan.uid, plan.gid)) {
-            Ok(()) => Isolation::Namespaces,
-            Err(e) if plan.fallback_allowed => {
-                notes.push(format!(
-                    "namespaces unavailable ({e}); running under Landlock + seccomp only"
-                ));
-                Isolation::LandlockOnly
+        Isolation::Namespaces => {
+            match entered.unwrap_or_else(|| ns::enter(plan.uid, plan.gid, want_net)) {
+                Ok(()) => Isolation::Namespaces,
+                Err(e) if plan.fallback_allowed => {
+                    notes.push(format!(
+                        "namespaces unavailable ({e}); running under Landlock + seccomp only"
+                    ));
+                    Isolation::LandlockOnly
+                }
+                Err(e) => {
+                    return Err((
+                        126,
+                        NativeError::Requirement {
+                            missing: format!(
+                                "{e}. The profile requires namespaces. Hint: enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0), or use a profile with `require.namespaces = false`"
+                            ),
+                        },
+                    ));
+                }
             }
-            Err(e) => {
-                return Err((
-                    126,
-                    NativeError::Requirement {
-                        missing: format!(
-                            "{e}. The profile requires namespaces. Hint: enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0), or use a profile with `require.namespaces = false`"
-                        ),
-                    },
-                ));
-            }
-        },
+        }
         Isolation::LandlockOnly => {
             if !plan.fallback_allowed {
                 return Err((
@@ -595,9 +602,13 @@ fn init(
             proxy_port = Some(setup(proxy_listener())?);
         }
         ns::set_hostname();
-        namespaces = ns::NAMESPACES.iter().map(|s| (*s).to_owned()).collect();
+        namespaces = ns::NAMESPACES
+            .iter()
+            .filter(|n| spec.net.mode != NetMode::Host || **n != "net")
+            .map(|s| (*s).to_owned())
+            .collect();
         if spec.net.mode == NetMode::Host {
-            notes.push("network mode host: the network namespace is not used for reach".into());
+            notes.push("network mode host: the task shares the host's network".into());
         }
     }
     // Landlock rules: roots, with deny holes (and, without a mount namespace,
