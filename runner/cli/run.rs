@@ -46,7 +46,7 @@ pub struct RunArgs {
 /// is reported by the ordinary path).
 pub fn early_stage() -> Option<crate::sandbox::native::Stage> {
     use crate::sandbox::native;
-    let exe = native::stage_beside(&std::env::current_exe().ok()?).ok()?;
+    let exe = native::stage_beside(&std::env::current_exe().ok()?);
     let early = if std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1") {
         native::EarlyNamespaces::Later
     } else {
@@ -78,7 +78,7 @@ impl RunArgs {
             catalog: super::catalog(),
             stage_exe: crate::sandbox::native::stage_beside(
                 &std::env::current_exe().context("cannot find the taskbox binary")?,
-            )?,
+            ),
             stage,
             stdout: Box::new(LineEnd {
                 out: std::io::stdout(),

@@ -472,30 +472,34 @@ fn missing_command_is_127_and_audited() {
 }
 
 #[test]
-fn a_missing_launch_stage_is_a_clear_error_and_nothing_runs() {
+fn without_taskbox_stage_beside_it_the_runner_binary_is_its_own_stage() {
+    // As under `cargo run`, which builds one binary: the same stage code
+    // runs from the taskbox binary, and the sandbox is the same.
     let t = TestBox::new(Mode::Root);
     let dir = t.root.join("lonely");
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("taskbox");
     std::fs::copy(crate::support::taskbox_bin(), &bin).unwrap();
-    let c = {
-        let mut n = std::process::Command::new(&bin);
-        n.args(["run", "--", "/bin/sh", "-c", "echo ran"])
-            .current_dir(&t.ws)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", &t.home)
-            .env("TASKBOX_STATE_DIR", &t.state);
-        n
-    };
+    let outside = t.outside.join("file");
+    let script = format!("echo ran; echo changed > {} 2>/dev/null", outside.display());
+    let mut c = std::process::Command::new(&bin);
+    c.args(["run", "--json", "--", "/bin/sh", "-c", &script])
+        .current_dir(&t.ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &t.home)
+        .env("TASKBOX_STATE_DIR", &t.state);
     let r = crate::support::run(c);
-    r.code(125);
-    assert!(
-        r.stderr.contains("taskbox-stage") && r.stderr.contains("missing"),
-        "{}",
-        r.stderr
+    assert!(r.stdout.starts_with("ran\n"), "{r:?}");
+    assert_ne!(r.code, 0, "the write outside must fail: {r:?}");
+    let e = &r.json()["outcome"]["enforcement"];
+    assert_eq!(e["landlock"], "full", "{r:?}");
+    assert_eq!(e["seccomp"], "full", "{r:?}");
+    assert_eq!(e["namespaces"].as_array().map(Vec::len), Some(6), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "outside-original\n"
     );
-    assert!(!r.stdout.contains("ran"), "{}", r.stdout);
 }
 
 #[test]

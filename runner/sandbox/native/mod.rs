@@ -27,17 +27,38 @@ pub use stage::main as stage_main;
 /// The launch stage binary's file name; it is installed beside `taskbox`.
 pub const STAGE: &str = "taskbox-stage";
 
-/// The launch stage beside the taskbox binary `exe`.
-///
-/// # Errors
-/// When it is not there (a partial install).
-pub fn stage_beside(exe: &std::path::Path) -> Result<PathBuf, NativeError> {
+/// The argument that makes the taskbox binary itself the launch stage,
+/// when `taskbox-stage` is not installed beside it (e.g. under `cargo run`,
+/// which builds one binary only).
+pub const SELF_STAGE_ARG: &str = "__stage";
+
+/// The launch stage for the taskbox binary `exe`: `taskbox-stage` beside
+/// it, else `exe` itself (started with [`SELF_STAGE_ARG`]; the same code,
+/// a slower start).
+pub fn stage_beside(exe: &std::path::Path) -> PathBuf {
     let path = exe.with_file_name(STAGE);
     if path.is_file() {
-        Ok(path)
+        path
     } else {
-        Err(NativeError::NoStage { path })
+        exe.to_path_buf()
     }
+}
+
+/// Runs the launch stage from its command-line arguments (`FD PASS_FD
+/// [ns|ns-hostnet|-]`, after the program name, and after
+/// [`SELF_STAGE_ARG`] when the taskbox binary is the stage). Never returns.
+pub fn stage_entry(mut args: impl Iterator<Item = String>) -> ! {
+    let (Some(fd), Some(pass)) = (
+        args.next().and_then(|a| a.parse().ok()),
+        args.next().and_then(|a| a.parse().ok()),
+    ) else {
+        eprintln!(
+            "taskbox-stage: started by the taskbox runner only (usage: taskbox-stage FD PASS_FD [ns|ns-hostnet|-])"
+        );
+        std::process::exit(125);
+    };
+    let early = EarlyNamespaces::parse(&args.next().unwrap_or_default());
+    stage_main(fd, pass, early)
 }
 
 /// Why a native launch failed.
@@ -53,14 +74,6 @@ pub enum NativeError {
     CwdNotReadable {
         /// The directory.
         cwd: PathBuf,
-    },
-    /// The stage binary is missing.
-    #[error(
-        "the launch stage {path} is missing. Hint: install taskbox and taskbox-stage together (`cargo install --path .` installs both)"
-    )]
-    NoStage {
-        /// Where it was looked for.
-        path: PathBuf,
     },
     /// The stage binary could not be started.
     #[error("cannot start the launch stage {exe}")]

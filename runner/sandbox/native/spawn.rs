@@ -220,6 +220,9 @@ fn spawn_stage(stage_exe: &Path, early: EarlyNamespaces) -> Result<Parts, Native
     let (ours, theirs) = pair()?;
     let (pass_ours, pass_theirs) = pair()?;
     let mut cmd = Command::new(stage_exe);
+    if stage_exe.file_name() != Some(std::ffi::OsStr::new(super::STAGE)) {
+        cmd.arg(super::SELF_STAGE_ARG);
+    }
     cmd.arg(theirs.as_raw_fd().to_string())
         .arg(pass_theirs.as_raw_fd().to_string())
         .arg(early.arg())
