@@ -738,13 +738,16 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 let cs = workspace::changeset(&dir.upper(), &workspace)?;
                 // What the workspace held at each changed path: promote refuses
                 // if any of it changes before then.
-                let base =
-                    serde_json::to_vec(&workspace::Base::of(&cs, &workspace)).unwrap_or_default();
-                let base_path = dir.root().join("base.json");
-                std::fs::write(&base_path, base).map_err(|source| TaskError::Io {
-                    path: base_path,
-                    source,
-                })?;
+                // (Nothing changed: no file; promote reads a missing one as empty.)
+                if !cs.changes.is_empty() {
+                    let base = serde_json::to_vec(&workspace::Base::of(&cs, &workspace))
+                        .unwrap_or_default();
+                    let base_path = dir.root().join("base.json");
+                    std::fs::write(&base_path, base).map_err(|source| TaskError::Io {
+                        path: base_path,
+                        source,
+                    })?;
+                }
                 // Files the task wrote a granted value into: named (never the
                 // value) so diff withholds them and promote refuses them.
                 if !redactor.is_empty() {

@@ -34,21 +34,14 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 /// path and without a thread.
 static EXITING: Mutex<Vec<(libc::pid_t, Option<PathBuf>)>> = Mutex::new(Vec::new());
 
-fn reap_exited(settling: bool) {
+fn reap_exited() {
     let mut pids = EXITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     pids.retain(|(pid, cgroup)| {
         let mut st = 0;
-        // Settling, a stage with a pids cgroup (root) is waited for: the
-        // cgroup can only be removed once it is empty.
-        let flags = if settling && cgroup.is_some() {
-            0
-        } else {
-            libc::WNOHANG
-        };
-        // SAFETY: waitpid writes the status into a live local.
-        let rc = unsafe { libc::waitpid(*pid, &mut st, flags) };
+        // SAFETY: waitpid writes the status into a live local; WNOHANG never blocks.
+        let rc = unsafe { libc::waitpid(*pid, &mut st, libc::WNOHANG) };
         if rc == 0 {
             return true;
         }
@@ -59,12 +52,12 @@ fn reap_exited(settling: bool) {
     });
 }
 
-/// Call before the runner exits: removes the pids cgroups of stages that
-/// are still exiting (waiting for them), and reaps those that are done. One
-/// still tearing its namespaces down is left to init: waiting would only
-/// delay the caller.
+/// Call before the runner exits: reaps the stages that are done and removes
+/// their pids cgroups. One still tearing its namespaces down is left to
+/// init, and its (by then empty) cgroup to the next launch's sweep of stale
+/// ones: waiting would only delay the caller.
 pub fn settle() {
-    reap_exited(true);
+    reap_exited();
 }
 
 /// Where the command's output goes (the caller's terminal, a buffer, ...).
@@ -115,7 +108,7 @@ impl Stage {
     /// # Errors
     /// When the stage cannot be spawned.
     pub fn spawn(stage_exe: &Path, early: EarlyNamespaces) -> Result<Self, NativeError> {
-        reap_exited(false);
+        reap_exited();
         Ok(Self {
             parts: Some(spawn_stage(stage_exe, early)?),
             early,
@@ -287,9 +280,11 @@ fn pids_cgroup(task_id: &str, pid: u32, max: u64) -> Option<PathBuf> {
     None
 }
 
-/// A runner killed mid-task leaves its (by then empty) cgroup behind; remove
-/// those older than a minute. rmdir refuses a cgroup that still has tasks,
-/// and the age check spares one another runner is just setting up.
+/// A runner that exited before its stage did (see [`settle`]), or was
+/// killed mid-task, leaves its (by then empty) cgroup behind; remove those
+/// older than ten seconds. rmdir refuses a cgroup that still has tasks, and
+/// the age check spares one another runner is just setting up (created,
+/// its stage not moved in yet: microseconds).
 fn remove_stale_cgroups(base: &Path) {
     let Ok(rd) = std::fs::read_dir(base) else {
         return;
@@ -300,7 +295,7 @@ fn remove_stale_cgroups(base: &Path) {
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 60);
+                .is_some_and(|age| age.as_secs() > 10);
         if stale {
             let _ = std::fs::remove_dir(e.path());
         }
