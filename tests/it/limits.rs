@@ -181,3 +181,29 @@ fn only_granted_environment_reaches_the_task() {
     assert!(r.stdout.contains("LANG=C.UTF-8"), "{}", r.stdout);
     assert!(r.stdout.contains("TMPDIR="), "{}", r.stdout);
 }
+
+#[test]
+fn a_root_task_leaves_no_pids_cgroup_behind() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!(
+            "SKIP a_root_task_leaves_no_pids_cgroup_behind: needs root (the pids cgroup is root's process limit)"
+        );
+        return;
+    }
+    for m in [Mode::Root, Mode::RootNoNs] {
+        let t = TestBox::new(m);
+        let r = t.sh("explore", "true");
+        r.code(0);
+        let j = r.json();
+        if j["outcome"]["enforcement"]["processes"] != "cgroup" {
+            eprintln!("SKIP {m:?}: no writable pids cgroup here ({j})");
+            continue;
+        }
+        let task = j["task"].as_str().unwrap().to_owned();
+        // Gone once the runner has exited, not left to a later sweep.
+        for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+            let dir = std::path::Path::new(base).join(format!("taskbox-{task}"));
+            assert!(!dir.exists(), "{m:?}: {} is left behind", dir.display());
+        }
+    }
+}

@@ -34,14 +34,22 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 /// path and without a thread.
 static EXITING: Mutex<Vec<(libc::pid_t, Option<PathBuf>)>> = Mutex::new(Vec::new());
 
-fn reap_exited() {
+fn reap_exited(settling: bool) {
     let mut pids = EXITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     pids.retain(|(pid, cgroup)| {
         let mut st = 0;
-        // SAFETY: waitpid writes the status into a live local; WNOHANG never blocks.
-        let rc = unsafe { libc::waitpid(*pid, &mut st, libc::WNOHANG) };
+        // Settling, a stage with a pids cgroup (root) is waited for: the
+        // cgroup can only be removed once it is empty, and leaving it to a
+        // later sweep made every launch read a growing directory.
+        let flags = if settling && cgroup.is_some() {
+            0
+        } else {
+            libc::WNOHANG
+        };
+        // SAFETY: waitpid writes the status into a live local.
+        let rc = unsafe { libc::waitpid(*pid, &mut st, flags) };
         if rc == 0 {
             return true;
         }
@@ -52,12 +60,12 @@ fn reap_exited() {
     });
 }
 
-/// Call before the runner exits: reaps the stages that are done and removes
-/// their pids cgroups. One still tearing its namespaces down is left to
-/// init, and its (by then empty) cgroup to the next launch's sweep of stale
-/// ones: waiting would only delay the caller.
+/// Call before the runner exits: removes the pids cgroups of stages that
+/// are still exiting (waiting for them: root only), and reaps those that
+/// are done. One still tearing its namespaces down without a cgroup is
+/// left to init: waiting would only delay the caller.
 pub fn settle() {
-    reap_exited();
+    reap_exited(true);
 }
 
 /// Where the command's output goes (the caller's terminal, a buffer, ...).
@@ -108,7 +116,7 @@ impl Stage {
     /// # Errors
     /// When the stage cannot be spawned.
     pub fn spawn(stage_exe: &Path, early: EarlyNamespaces) -> Result<Self, NativeError> {
-        reap_exited();
+        reap_exited(false);
         Ok(Self {
             parts: Some(spawn_stage(stage_exe, early)?),
             early,
@@ -280,9 +288,8 @@ fn pids_cgroup(task_id: &str, pid: u32, max: u64) -> Option<PathBuf> {
     None
 }
 
-/// A runner that exited before its stage did (see [`settle`]), or was
-/// killed mid-task, leaves its (by then empty) cgroup behind; remove those
-/// older than ten seconds. rmdir refuses a cgroup that still has tasks, and
+/// A runner killed mid-task leaves its (by then empty) cgroup behind;
+/// remove those older than ten seconds. rmdir refuses a cgroup that still has tasks, and
 /// the age check spares one another runner is just setting up (created,
 /// its stage not moved in yet: microseconds).
 fn remove_stale_cgroups(base: &Path) {
