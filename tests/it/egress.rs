@@ -392,16 +392,7 @@ fn network_mode_host_shares_the_host_network() {
             c.read_to_string(&mut got).unwrap();
             got
         });
-        let r = t.taskbox(&[
-            "run",
-            "-p",
-            &p,
-            "--json",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            &py,
-        ]);
+        let r = t.py(&p, &py);
         r.code(0);
         assert!(r.stdout.contains("SENT"), "{r:?}");
         // Seen from outside: the host's listener got the bytes.

@@ -89,16 +89,7 @@ fn memory_bomb_is_contained() {
     for m in Mode::ALL {
         let t = TestBox::new(m);
         let p = tight(&t);
-        let r = t.taskbox(&[
-            "run",
-            "-p",
-            &p,
-            "--json",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            "x = bytearray(1 << 30); print('ALLOCATED', len(x))",
-        ]);
+        let r = t.py(&p, "x = bytearray(1 << 30); print('ALLOCATED', len(x))");
         assert_ne!(r.code, 0, "{r:?}");
         assert!(
             !r.stdout.contains("ALLOCATED"),

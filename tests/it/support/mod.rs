@@ -255,6 +255,20 @@ impl TestBox {
         self.taskbox(&["run", "-p", &p, "--json", "--", "/bin/sh", "-c", script])
     }
 
+    /// `taskbox run -p PROFILE --json -- python3 -c CODE`.
+    pub fn py(&self, profile: &str, code: &str) -> Run {
+        self.taskbox(&[
+            "run",
+            "-p",
+            profile,
+            "--json",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            code,
+        ])
+    }
+
     /// Paths in the `--json` summary's changeset.
     pub fn changed(r: &Run) -> Vec<String> {
         r.json()["changeset"]["changes"]
