@@ -162,9 +162,9 @@ pub fn apply(rules: &[(PathBuf, Grant)], tcp: bool) -> Result<LandlockReport, Na
     let mut created = ruleset.create().map_err(err)?;
     for (path, grant) in rules {
         let Ok(fd) = PathFd::new(path) else { continue };
-        let is_file = std::fs::metadata(path)
-            .map(|m| !m.is_dir())
-            .unwrap_or(false);
+        // On the descriptor just opened: no second walk of the path.
+        let is_file = nix::sys::stat::fstat(std::os::fd::AsFd::as_fd(&fd))
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR);
         let mut access = match grant {
             Grant::List => BitFlags::from(AccessFs::ReadDir),
             Grant::Read => read,

@@ -209,20 +209,11 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
         overmount_tmpfs(&real, p.keep, hard | MsFlags::MS_NOEXEC, "mode=755", true)?;
         seen.push(real);
     }
-    // A mode-000 file to bind over denied files; its name is removed afterwards.
+    // A mode-000 file to bind over denied files, made when the first one
+    // needs it (most tasks have no denied file present); its name is
+    // removed afterwards.
     let mask_file = Path::new("/tmp/.taskbox-mask");
-    std::fs::File::create(mask_file).map_err(|source| NativeError::Setup {
-        what: "create mask file".into(),
-        source,
-    })?;
-    std::fs::set_permissions(
-        mask_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o000),
-    )
-    .map_err(|source| NativeError::Setup {
-        what: "chmod mask file".into(),
-        source,
-    })?;
+    let mut mask_made = false;
     for d in p.deny {
         let Ok(meta) = std::fs::symlink_metadata(d) else {
             continue;
@@ -237,10 +228,16 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
                 Some("mode=000,size=4k"),
             )?;
         } else {
+            if !mask_made {
+                make_mask_file(mask_file)?;
+                mask_made = true;
+            }
             bind_ro(mask_file, &target)?;
         }
     }
-    std::fs::remove_file(mask_file).ok();
+    if mask_made {
+        std::fs::remove_file(mask_file).ok();
+    }
     // Protected paths: make each top-level parent inside the workspace a mount
     // point (so it cannot be renamed away and recreated), then bind read-only.
     let mut tops: Vec<PathBuf> = Vec::new();
@@ -340,6 +337,19 @@ fn read_only_root(write: &[PathBuf]) -> Result<(), NativeError> {
         }
     }
     Ok(())
+}
+
+fn make_mask_file(path: &Path) -> Result<(), NativeError> {
+    std::fs::File::create(path).map_err(|source| NativeError::Setup {
+        what: "create mask file".into(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).map_err(
+        |source| NativeError::Setup {
+            what: "chmod mask file".into(),
+            source,
+        },
+    )
 }
 
 fn bind_ro(src: &Path, target: &Path) -> Result<(), NativeError> {
