@@ -469,6 +469,13 @@ fn missing_command_is_127_and_audited() {
         .read_to_string(&mut log)
         .unwrap();
     assert!(log.contains("task-refused"), "{log}");
+    // A path that is not there is "not found" too (exec's ENOENT), not a
+    // policy refusal.
+    for path in ["/no/such/program", "./no-such-script"] {
+        let r = t.taskbox(&["run", "--", path]);
+        r.code(127);
+        assert!(r.stderr.contains("command not found"), "{r:?}");
+    }
 }
 
 #[test]
