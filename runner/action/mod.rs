@@ -201,14 +201,12 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     let force_no_userns = caller_env
         .iter()
         .any(|(k, v)| k == "TASKBOX_NO_USERNS" && v == "1");
-    let early = if force_no_userns {
-        native::EarlyNamespaces::Later
-    } else {
-        native::EarlyNamespaces::All
-    };
     let mut stage = match stage {
         Some(s) => s,
-        None => native::Stage::spawn(&stage_exe, early)?,
+        None => native::Stage::spawn(
+            &stage_exe,
+            native::EarlyNamespaces::before_profile(force_no_userns),
+        )?,
     };
     let prepare_us = || u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
     let audit = AuditSink::new(state.audit_log());

@@ -47,12 +47,8 @@ pub struct RunArgs {
 pub fn early_stage() -> Option<crate::sandbox::native::Stage> {
     use crate::sandbox::native;
     let exe = native::stage_beside(&std::env::current_exe().ok()?);
-    let early = if std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1") {
-        native::EarlyNamespaces::Later
-    } else {
-        native::EarlyNamespaces::All
-    };
-    native::Stage::spawn(&exe, early).ok()
+    let no_userns = std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1");
+    native::Stage::spawn(&exe, native::EarlyNamespaces::before_profile(no_userns)).ok()
 }
 
 impl RunArgs {

@@ -31,6 +31,12 @@ impl EarlyNamespaces {
         }
     }
 
+    /// What a stage started before the profile is read enters: all six,
+    /// unless namespaces are switched off (`TASKBOX_NO_USERNS=1`).
+    pub fn before_profile(no_userns: bool) -> Self {
+        if no_userns { Self::Later } else { Self::All }
+    }
+
     /// Reads [`EarlyNamespaces::arg`]; anything else is `Later`.
     pub fn parse(arg: &str) -> Self {
         match arg {

@@ -289,9 +289,9 @@ fn pids_cgroup(task_id: &str, pid: u32, max: u64) -> Option<PathBuf> {
 }
 
 /// A runner killed mid-task leaves its (by then empty) cgroup behind;
-/// remove those older than ten seconds. rmdir refuses a cgroup that still has tasks, and
-/// the age check spares one another runner is just setting up (created,
-/// its stage not moved in yet: microseconds).
+/// remove those older than ten seconds. rmdir refuses a cgroup that still
+/// has tasks, and the age check spares one another runner is just setting
+/// up (created, its stage not moved in yet: microseconds).
 fn remove_stale_cgroups(base: &Path) {
     let Ok(rd) = std::fs::read_dir(base) else {
         return;
@@ -403,8 +403,17 @@ impl Running {
             if fds.is_empty() {
                 return;
             }
-            if poll(&mut fds, PollTimeout::NONE).is_err() {
-                return; // EINTR: the caller polls again
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => return, // the caller polls again
+                Err(_) => {
+                    // Cannot wait on them (ENOMEM): give up on every stream
+                    // rather than spin; the stage is then waited for.
+                    self.output.stdout = None;
+                    self.output.stderr = None;
+                    self.msgs = None;
+                    return;
+                }
             }
             let mut ready = [false; 3];
             for (fd, w) in fds.iter().zip(which) {

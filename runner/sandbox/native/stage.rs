@@ -262,7 +262,8 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut notes = Vec::new();
     let want_net = plan.spec.net.mode != NetMode::Host;
-    if entered.is_some()
+    // (An early attempt that failed entered nothing: the plan decides below.)
+    if entered.as_ref().is_some_and(Result::is_ok)
         && (plan.isolation != Isolation::Namespaces || want_net != (early == EarlyNamespaces::All))
     {
         return Err((
@@ -541,14 +542,14 @@ fn finish(chan: &mut Channel, exit: Exit, limit: Option<LimitHit>) -> i32 {
     }
 }
 
-/// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
-/// view, starts the command, reaps, and kills what is left when it ends.
 /// Seccomp filters built ahead of the plan: (without inet, with inet).
 type Prebuilt = (
     Result<Vec<seccompiler::BpfProgram>, NativeError>,
     Result<Vec<seccompiler::BpfProgram>, NativeError>,
 );
 
+/// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
+/// view, starts the command, reaps, and kills what is left when it ends.
 fn init(
     chan: &mut Channel,
     plan: &NativePlan,
@@ -889,7 +890,6 @@ fn exec_args(
 
 enum Never {}
 
-/// The command process: session, cwd, limits, privileges, Landlock, seccomp, exec.
 /// Starts the command's process the way `posix_spawn` does: a child that
 /// shares this process's memory while this (single-threaded) stage is
 /// suspended until the child execs or exits. No page tables are copied and
@@ -934,6 +934,7 @@ fn spawn_command(body: &mut dyn FnMut() -> isize) -> nix::Result<Pid> {
     r
 }
 
+/// The command process: session, cwd, limits, privileges, Landlock, seccomp, exec.
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site, each argument is a distinct piece of the plan"
