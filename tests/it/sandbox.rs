@@ -563,3 +563,96 @@ fn a_stage_that_gets_no_plan_exits_quietly() {
         assert_eq!(out, "", "({early_ns})");
     }
 }
+
+/// Runs `script` under `taskbox run` with `prepare` applied to the runner's
+/// process just before it execs (descriptors, signal dispositions).
+fn sh_with(
+    t: &TestBox,
+    script: &str,
+    prepare: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) -> crate::support::Run {
+    use std::os::unix::process::CommandExt as _;
+    let p = t.explore();
+    let mut c = t.cmd(&["run", "-p", &p, "--json", "--", "/bin/sh", "-c", script]);
+    // SAFETY: `prepare` only makes async-signal-safe calls (dup2, signal).
+    unsafe { c.pre_exec(prepare) };
+    crate::support::run(c)
+}
+
+#[test]
+fn descriptors_the_caller_left_open_do_not_reach_the_command() {
+    use std::os::fd::IntoRawFd as _;
+    each(|t| {
+        // A writable descriptor to a file outside, a readable one to a
+        // secret, both left open across exec by the caller of taskbox.
+        let outside = t.outside.join("file");
+        let w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&outside)
+            .unwrap()
+            .into_raw_fd();
+        let secret = t.home.join(".ssh/id_rsa");
+        let r = std::fs::File::open(&secret).unwrap().into_raw_fd();
+        let run = sh_with(
+            t,
+            "echo pwned >&7 && echo WROTE; cat <&5 && echo READ; ls /proc/self/fd; echo end",
+            move || {
+                // dup2 clears close-on-exec on the new descriptor.
+                for (from, to) in [(w, 7), (r, 5)] {
+                    // SAFETY: dup2 of descriptors this process owns.
+                    if unsafe { libc::dup2(from, to) } < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            },
+        );
+        // SAFETY: closing the test's own copies.
+        unsafe {
+            libc::close(w);
+            libc::close(r);
+        }
+        assert!(run.stdout.contains("end"), "{run:?}");
+        assert!(!run.stdout.contains("WROTE"), "{run:?}");
+        assert!(!run.stdout.contains("SECRET-SSH-KEY"), "{run:?}");
+        let fds: Vec<&str> = run
+            .stdout
+            .lines()
+            .skip_while(|l| *l != "0")
+            .take_while(|l| *l != "end")
+            .collect();
+        // 0-2 and the descriptor `ls` opened on /proc/self/fd, nothing more.
+        assert!(fds.len() <= 4, "descriptors leaked into the task: {fds:?}");
+        assert_eq!(
+            std::fs::read_to_string(&outside).unwrap(),
+            "outside-original\n"
+        );
+    });
+}
+
+#[test]
+fn the_command_starts_with_default_signal_actions() {
+    each(|t| {
+        let run = sh_with(t, "grep SigIgn /proc/self/status", || {
+            // The caller ignores SIGHUP on purpose, as `nohup` does.
+            // SAFETY: signal() with SIG_IGN installs no handler code.
+            unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+            Ok(())
+        });
+        run.code(0);
+        let hex = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .unwrap_or_else(|| panic!("{run:?}"))
+            .trim();
+        let ignored = u64::from_str_radix(hex, 16).unwrap();
+        let bit = |sig: i32| ignored & (1u64 << (sig - 1)) != 0;
+        // Rust's SIGPIPE ignore and glibc's internal signals stay out of it...
+        for sig in [libc::SIGPIPE, 32, 33] {
+            assert!(!bit(sig), "signal {sig} is ignored in the task: {hex}");
+        }
+        // ...and what the caller ignored is kept.
+        assert!(bit(libc::SIGHUP), "SIGHUP should stay ignored: {hex}");
+    });
+}

@@ -156,6 +156,7 @@ impl Channel {
 /// enters the `early` namespaces at once, while the runner is still
 /// preparing the plan. Never returns.
 pub fn main(fd: RawFd, pass_fd: RawFd, early: super::plan::EarlyNamespaces) -> ! {
+    close_inherited(&[fd, pass_fd]);
     // SAFETY: the runner passed this descriptor number for our exclusive use.
     let pass = unsafe { UnixStream::from_raw_fd(pass_fd) };
     let _ = nix::fcntl::fcntl(
@@ -181,6 +182,43 @@ pub fn main(fd: RawFd, pass_fd: RawFd, early: super::plan::EarlyNamespaces) -> !
         }
     };
     std::process::exit(code)
+}
+
+/// Closes every descriptor above stderr but `keep`. Whatever the caller of
+/// taskbox left open without close-on-exec (a writable file outside the
+/// workspace, a socket, a harness's pipe) would otherwise reach the command,
+/// and an open descriptor is not checked by Landlock or the mount view.
+fn close_inherited(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().filter_map(|f| u32::try_from(*f).ok()).collect();
+    keep.sort_unstable();
+    let mut lo = 3u32;
+    for hi in keep.iter().copied().chain([u32::MAX]) {
+        if hi > lo {
+            // SAFETY: close_range only closes descriptors; none in [lo, hi)
+            // is owned by anything in this process yet.
+            let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi - 1, 0u32) };
+            if rc != 0 {
+                close_listed(lo, hi - 1);
+            }
+        }
+        lo = hi.saturating_add(1);
+    }
+}
+
+/// `close_range` for kernels without it (before 5.9): the listed ones.
+fn close_listed(lo: u32, hi: u32) {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| (lo..=hi).contains(fd))
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; the directory's own descriptor is closed already.
+        unsafe { libc::close(fd as RawFd) };
+    }
 }
 
 type StageResult<T> = Result<T, (i32, NativeError)>;
@@ -934,6 +972,43 @@ fn spawn_command(body: &mut dyn FnMut() -> isize) -> nix::Result<Pid> {
     r
 }
 
+/// Puts back the default action of the signals the stage inherited
+/// ignored for reasons of its own, so the command starts as it would from a
+/// shell (an ignored signal stays ignored across exec): SIGPIPE, which every
+/// Rust program ignores (with it ignored, `yes | head -1` never ends `yes` by
+/// SIGPIPE), and glibc's two internal signals, which its `posix_spawn`
+/// leaves ignored in the child. Signals the caller of taskbox ignored on
+/// purpose (`nohup`, a background shell's SIGINT) stay ignored.
+fn default_signals() {
+    /// The kernel's `struct sigaction` (x86_64 and aarch64 layout).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in [libc::SIGPIPE, 32, 33] {
+        // SAFETY: rt_sigaction reads a live, correctly laid out struct; the
+        // raw call because glibc's wrapper refuses its internal signals.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &raw const dfl,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+}
+
 /// The command process: session, cwd, limits, privileges, Landlock, seccomp, exec.
 #[allow(
     clippy::too_many_arguments,
@@ -959,6 +1034,7 @@ fn command(
             }
         }),
     )?;
+    default_signals();
     setup(setsid().map(|_| ()).map_err(|e| NativeError::Setup {
         what: "setsid".into(),
         source: e.into(),
