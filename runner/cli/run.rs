@@ -40,15 +40,14 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-/// Starts the launch stage before the arguments are even parsed: every
-/// microsecond the runner spends before sending the plan then overlaps with
-/// the stage's own start-up and namespaces. `None` if it cannot (the error
+/// Forks the launch stage before the arguments are even parsed (the
+/// runner is still one small thread): every microsecond the runner spends
+/// before sending the plan then overlaps with the stage's namespaces. `None` if it cannot (the error
 /// is reported by the ordinary path).
 pub fn early_stage() -> Option<crate::sandbox::native::Stage> {
     use crate::sandbox::native;
-    let exe = native::stage_beside(&std::env::current_exe().ok()?);
     let no_userns = std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1");
-    native::Stage::spawn(&exe, native::EarlyNamespaces::before_profile(no_userns)).ok()
+    native::Stage::fork(native::EarlyNamespaces::before_profile(no_userns)).ok()
 }
 
 impl RunArgs {

@@ -480,8 +480,10 @@ fn missing_command_is_127_and_audited() {
 
 #[test]
 fn without_taskbox_stage_beside_it_the_runner_binary_is_its_own_stage() {
-    // As under `cargo run`, which builds one binary: the same stage code
-    // runs from the taskbox binary, and the sandbox is the same.
+    // As under `cargo run`, which builds one binary: a stage started late
+    // (network mode host needs one without a network namespace, so the
+    // forked one is replaced) is the taskbox binary itself, and the
+    // sandbox is the same.
     let t = TestBox::new(Mode::Root);
     let dir = t.root.join("lonely");
     std::fs::create_dir_all(&dir).unwrap();
@@ -489,24 +491,36 @@ fn without_taskbox_stage_beside_it_the_runner_binary_is_its_own_stage() {
     std::fs::copy(crate::support::taskbox_bin(), &bin).unwrap();
     let outside = t.outside.join("file");
     let script = format!("echo ran; echo changed > {} 2>/dev/null", outside.display());
-    let mut c = std::process::Command::new(&bin);
-    c.args(["run", "--json", "--", "/bin/sh", "-c", &script])
+    let hostnet = t.profile(
+        "hostnet",
+        "extends = \"explore\"\n[network]\nmode = \"host\"\n",
+    );
+    for (profile, namespaces) in [("explore", 6), (hostnet.as_str(), 5)] {
+        let mut c = std::process::Command::new(&bin);
+        c.args([
+            "run", "-p", profile, "--json", "--", "/bin/sh", "-c", &script,
+        ])
         .current_dir(&t.ws)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", &t.home)
         .env("TASKBOX_STATE_DIR", &t.state);
-    let r = crate::support::run(c);
-    assert!(r.stdout.starts_with("ran\n"), "{r:?}");
-    assert_ne!(r.code, 0, "the write outside must fail: {r:?}");
-    let e = &r.json()["outcome"]["enforcement"];
-    assert_eq!(e["landlock"], "full", "{r:?}");
-    assert_eq!(e["seccomp"], "full", "{r:?}");
-    assert_eq!(e["namespaces"].as_array().map(Vec::len), Some(6), "{r:?}");
-    assert_eq!(
-        std::fs::read_to_string(&outside).unwrap(),
-        "outside-original\n"
-    );
+        let r = crate::support::run(c);
+        assert!(r.stdout.starts_with("ran\n"), "{r:?}");
+        assert_ne!(r.code, 0, "the write outside must fail: {r:?}");
+        let e = &r.json()["outcome"]["enforcement"];
+        assert_eq!(e["landlock"], "full", "{r:?}");
+        assert_eq!(e["seccomp"], "full", "{r:?}");
+        assert_eq!(
+            e["namespaces"].as_array().map(Vec::len),
+            Some(namespaces),
+            "{r:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&outside).unwrap(),
+            "outside-original\n"
+        );
+    }
 }
 
 #[test]
@@ -654,5 +668,69 @@ fn the_command_starts_with_default_signal_actions() {
         }
         // ...and what the caller ignored is kept.
         assert!(bit(libc::SIGHUP), "SIGHUP should stay ignored: {hex}");
+    });
+}
+
+/// Every process below `pid`, depth first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // Field 4 (after the parenthesised name) is the parent's pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+            out.extend(descendants(p));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_process_of_a_task_shows_the_runner_environment() {
+    use std::io::BufRead as _;
+    each(|t| {
+        let p = t.explore();
+        let mut c = t.cmd(&[
+            "run",
+            "-p",
+            &p,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo ready; sleep 5",
+        ]);
+        let mut child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        let procs = descendants(child.id());
+        let seen: Vec<(u32, bool)> = procs
+            .iter()
+            .map(|p| {
+                let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+                (*p, env.windows(17).any(|w| w == b"RUNNER-ENV-SECRET"))
+            })
+            .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        // The stage, pid 1 (with namespaces), sh and sleep at least.
+        assert!(procs.len() >= 3, "{procs:?}");
+        assert!(
+            seen.iter().all(|(_, leaked)| !leaked),
+            "the runner's environment shows in /proc/PID/environ of {seen:?}"
+        );
     });
 }

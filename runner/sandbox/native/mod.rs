@@ -1,9 +1,10 @@
 //! The native backend: Linux processes under user/mount/pid/net/ipc/uts
 //! namespaces, Landlock, seccomp and rlimits.
 //!
-//! The runner never forks itself: it spawns `taskbox-stage` (the launch
-//! stage, a small binary of its own), which applies a pure [`NativePlan`]
-//! single-threaded and execs the command. All `unsafe` of taskbox lives in this room's leaves.
+//! The launch stage applies a pure [`NativePlan`] single-threaded and execs
+//! the command. `taskbox run` forks it first thing, while it is one small
+//! thread; a stage needed later is `taskbox-stage` (a small binary of its
+//! own) started with a plain spawn: a multi-threaded runner never forks. All `unsafe` of taskbox lives in this room's leaves.
 
 mod landlock;
 mod ns;

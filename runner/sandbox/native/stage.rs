@@ -1,5 +1,6 @@
-//! The launch stage: a fresh, single-threaded process (`taskbox-stage`) that
-//! reads a `NativePlan`, builds the sandbox and supervises the command.
+//! The launch stage: a single-threaded process (forked off `taskbox run` at
+//! its start, or `taskbox-stage`) that reads a `NativePlan`, builds the
+//! sandbox and supervises the command.
 //!
 //! Process tree in namespace mode:
 //! ```text
