@@ -85,6 +85,41 @@ fn fork_bomb_is_contained() {
 }
 
 #[test]
+fn the_process_limit_counts_every_process_of_the_task() {
+    // 40 forks against a limit of 16: as root (a pids cgroup the stage
+    // joins before the task's first process) and as uid 65534 (RLIMIT_NPROC).
+    let code = "import os,time\nok=0\nfor i in range(40):\n  try:\n    if os.fork()==0:\n      time.sleep(1); os._exit(0)\n    ok+=1\n  except OSError: pass\nprint('FORKED', ok)\n";
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let p = t.profile(
+            "few",
+            &format!("extends = \"{}\"\n[limits]\nprocesses = 16\n", t.base()),
+        );
+        let r = t.py(&p, code);
+        r.code(0);
+        let forked: u32 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("FORKED "))
+            .unwrap_or_else(|| panic!("{m:?}: {r:?}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(forked < 16, "{m:?}: {forked} forks under a limit of 16");
+        assert!(forked > 0, "{m:?}: no fork at all: {r:?}");
+        let j = r.json();
+        let how = j["outcome"]["enforcement"]["processes"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(["rlimit", "cgroup"].contains(&how.as_str()), "{j}");
+        if nix::unistd::getuid().is_root() && !m.unprivileged() {
+            assert_eq!(how, "cgroup", "{m:?}: {j}");
+        }
+    }
+}
+
+#[test]
 fn memory_bomb_is_contained() {
     for m in Mode::ALL {
         let t = TestBox::new(m);

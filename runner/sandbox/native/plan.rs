@@ -84,6 +84,10 @@ pub struct NativePlan {
     pub runner_pid: i32,
     /// How the runner enforces the process limit: `rlimit`, `cgroup` or `none`.
     pub processes: String,
+    /// The pids cgroup (limit already set) the stage moves itself into
+    /// before it starts any process of the task (`processes` = `cgroup`).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
     /// Overlay mode: where the task's writes go (upper) and overlayfs's work dir.
     pub overlay: Option<OverlayDirs>,
     /// Host files the stage opens read-only before it builds the task's view
@@ -241,6 +245,7 @@ pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, Native
         } else {
             "rlimit".into()
         },
+        cgroup: None,
         overlay,
         inherit: Vec::new(),
         secret_files: Vec::new(),

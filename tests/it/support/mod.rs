@@ -31,7 +31,7 @@ impl Mode {
     /// Every mode.
     pub const ALL: [Mode; 4] = [Mode::Root, Mode::User, Mode::RootNoNs, Mode::UserNoNs];
 
-    fn unprivileged(self) -> bool {
+    pub fn unprivileged(self) -> bool {
         matches!(self, Mode::User | Mode::UserNoNs) && nix::unistd::getuid().is_root()
     }
 
