@@ -45,9 +45,22 @@ pub enum TaskError {
 pub struct TaskId(pub(crate) String);
 
 impl TaskId {
-    /// A fresh id.
+    /// A fresh id: the time, and 80 bits straight from the kernel's
+    /// `getrandom`. (`Ulid::generate` seeds a ChaCha generator first, whose
+    /// CPU feature probe and, in a static binary, `/dev/random` poll and
+    /// `/dev/urandom` read cost more than the rest of the id; it remains
+    /// the fallback.)
     pub fn new() -> Self {
-        Self(ulid::Ulid::generate().to_string())
+        let mut bits = [0u8; 16];
+        // SAFETY: getrandom writes at most `bits.len()` bytes into `bits`.
+        let n = unsafe { libc::getrandom(bits.as_mut_ptr().cast(), bits.len(), 0) };
+        if usize::try_from(n).ok() != Some(bits.len()) {
+            return Self(ulid::Ulid::generate().to_string());
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self(ulid::Ulid::from_parts(ms, u128::from_le_bytes(bits)).to_string())
     }
 
     /// The id's text.
@@ -113,6 +126,25 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_ids_are_ulids_of_now_and_never_repeat() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let ids: Vec<TaskId> = (0..1000).map(|_| TaskId::new()).collect();
+        let mut uniq: Vec<&str> = ids.iter().map(TaskId::as_str).collect();
+        uniq.sort_unstable();
+        uniq.dedup();
+        assert_eq!(uniq.len(), ids.len());
+        for id in &ids {
+            let u = ulid::Ulid::from_string(id.as_str()).unwrap();
+            let ms = u128::from(u.timestamp_ms());
+            assert!(ms >= before && ms < before + 60_000, "{id:?}");
+            assert_ne!(u.random(), 0, "{id:?}");
+        }
+    }
 
     #[test]
     fn state_dir_precedence() {
