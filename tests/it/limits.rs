@@ -106,13 +106,18 @@ fn the_process_limit_counts_every_process_of_the_task() {
             .parse()
             .unwrap();
         assert!(forked < 16, "{m:?}: {forked} forks under a limit of 16");
-        assert!(forked > 0, "{m:?}: no fork at all: {r:?}");
         let j = r.json();
         let how = j["outcome"]["enforcement"]["processes"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         assert!(["rlimit", "cgroup"].contains(&how.as_str()), "{j}");
+        // The cgroup counts the task alone; RLIMIT_NPROC counts every
+        // process of the uid, so other tests running as uid 65534 may
+        // leave this task none.
+        if how == "cgroup" {
+            assert!(forked > 0, "{m:?}: no fork at all: {r:?}");
+        }
         if nix::unistd::getuid().is_root() && !m.unprivileged() {
             assert_eq!(how, "cgroup", "{m:?}: {j}");
         }

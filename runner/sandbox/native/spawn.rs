@@ -663,7 +663,13 @@ impl Running {
                     exit = Some(e);
                     limit = l;
                 }
-                StageMsg::Done { usage } => {
+                StageMsg::Done {
+                    usage,
+                    cgroup_removed,
+                } => {
+                    if cgroup_removed {
+                        self.cgroup = None;
+                    }
                     done = Some(usage);
                     break;
                 }

@@ -50,6 +50,10 @@ pub enum StageMsg {
     Done {
         /// CPU and memory of every process of the task.
         usage: crate::sandbox::Usage,
+        /// The stage left the task's pids cgroup and removed it: the
+        /// runner has nothing to wait for.
+        #[serde(default)]
+        cgroup_removed: bool,
     },
     /// A file credential's lease ended: the file is gone.
     LeaseEnded {
@@ -436,22 +440,130 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
     }
 }
 
-/// Moves this (single-threaded) stage into the task's pids cgroup, before
-/// it starts any process of the task, so all of them are counted. On
-/// cgroup v1, through `tasks` with pid 0: a thread moving itself skips the
-/// global lock whose write side waits for an RCU grace period (0.03 ms
-/// against 5 ms for a write of a pid to `cgroup.procs`, measured here).
-fn join_cgroup(dir: &std::path::Path) -> Result<(), NativeError> {
+/// How the stage leaves the task's pids cgroup at the end: a detached clone
+/// of the hierarchy's mount (`open_tree`, taken when it joins), the move
+/// file of the cgroup it came from and the task cgroup's name, both
+/// relative to it. By the end the task's view has remounted the host's
+/// filesystems (cgroupfs included) read-only in the stage's mount
+/// namespace; the clone is outside that tree and stays writable. (Nothing
+/// is opened for writing early: a writer on a mount makes its read-only
+/// remount fail with EBUSY.)
+struct CgroupExit {
+    root: std::os::fd::OwnedFd,
+    origin: std::ffi::CString,
+    name: std::ffi::CString,
+}
+
+static CGROUP: std::sync::OnceLock<CgroupExit> = std::sync::OnceLock::new();
+
+/// The file through which a thread moves itself into cgroup `dir`: on
+/// cgroup v1 `tasks` with pid 0, which skips the global lock whose write
+/// side waits for an RCU grace period (0.03 ms against 5 ms for a write of
+/// a pid to `cgroup.procs`, measured here); on v2 `cgroup.procs`.
+fn move_file(dir: &std::path::Path) -> PathBuf {
     let v1 = dir.join("tasks");
-    let file = if v1.exists() {
+    if v1.exists() {
         v1
     } else {
         dir.join("cgroup.procs")
-    };
+    }
+}
+
+/// Moves this (single-threaded) stage into the task's pids cgroup, before
+/// it starts any process of the task, so all of them are counted; prepares
+/// [`leave_cgroup`].
+fn join_cgroup(dir: &std::path::Path) -> Result<(), NativeError> {
+    let exit = cgroup_exit(dir);
+    let file = move_file(dir);
     std::fs::write(&file, "0").map_err(|source| NativeError::Setup {
         what: format!("join the task's pids cgroup {}", file.display()),
         source,
+    })?;
+    if let Some(exit) = exit {
+        let _ = CGROUP.set(exit);
+    }
+    Ok(())
+}
+
+/// Opens what [`leave_cgroup`] needs; `None` if anything is missing (the
+/// runner then removes the cgroup, after the stage's exit).
+fn cgroup_exit(dir: &std::path::Path) -> Option<CgroupExit> {
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    // The task's cgroup was made right under the hierarchy's root. This
+    // process's own line: `N:pids:/path` on v1, `0::/path` on v2.
+    let root = dir.parent()?;
+    let controller = if dir.join("tasks").exists() {
+        ":pids:"
+    } else {
+        "0::"
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| {
+        let at = l.find(controller)?;
+        Some(
+            l[at + controller.len()..]
+                .trim_start_matches('/')
+                .to_owned(),
+        )
+    })?;
+    let origin = move_file(&root.join(rel));
+    let origin = ns::cstring(origin.strip_prefix(root).ok()?)?;
+    let path = ns::cstring(root)?;
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new
+    // descriptor (or -1), which we then own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    Some(CgroupExit {
+        origin,
+        // SAFETY: a descriptor the kernel just returned to us.
+        root: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        name: std::ffi::CString::new(dir.file_name()?.as_bytes()).ok()?,
     })
+}
+
+/// Once no process of the task is left: moves this stage back to the
+/// cgroup it came from and removes the task's, so the runner need not
+/// wait for the stage's own exit (its namespaces' teardown, 1-2 ms) to
+/// remove it. `false` if it could not (the runner then does).
+fn leave_cgroup() -> bool {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let Some(exit) = CGROUP.get() else {
+        return false;
+    };
+    // SAFETY: openat with a live directory descriptor and a NUL-terminated
+    // relative path; the descriptor it returns is ours.
+    let fd = unsafe {
+        libc::openat(
+            exit.root.as_raw_fd(),
+            exit.origin.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: just opened, owned here.
+    let origin = unsafe { std::fs::File::from_raw_fd(fd) };
+    if std::io::Write::write_all(&mut &origin, b"0").is_err() {
+        return false;
+    }
+    // SAFETY: unlinkat with a live directory descriptor and a NUL-terminated name.
+    let rc = unsafe {
+        libc::unlinkat(
+            exit.root.as_raw_fd(),
+            exit.name.as_ptr(),
+            libc::AT_REMOVEDIR,
+        )
+    };
+    rc == 0
 }
 
 fn die_with_parent() {
@@ -579,7 +691,11 @@ fn done(chan: &mut Channel) {
             }
         })
         .unwrap_or_default();
-    chan.send(&StageMsg::Done { usage });
+    let cgroup_removed = leave_cgroup();
+    chan.send(&StageMsg::Done {
+        usage,
+        cgroup_removed,
+    });
 }
 
 /// The stage writes nothing to the task's output: dropping its copies lets
