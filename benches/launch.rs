@@ -1,9 +1,10 @@
 //! Launch benchmark: `taskbox run -p explore -- /bin/true` against a bare
-//! spawn of `/bin/true` measured in the same run, as ratios and added
-//! milliseconds (median and p99), plus the runner's peak RSS.
+//! spawn of `/bin/true` measured in the same run (interleaved: one launch
+//! of each case per round), as ratios and added milliseconds (median, p10
+//! and p99), plus the runner's peak RSS.
 //!
 //! `cargo bench --bench launch` (release build). `TASKBOX_BENCH_N` sets the
-//! number of launches per case (default 300).
+//! number of rounds (default 300).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark driver")]
 
 use std::path::Path;
@@ -40,6 +41,28 @@ fn time(n: usize, mut f: impl FnMut()) -> Stats {
         v.push(t.elapsed());
     }
     stats(v)
+}
+
+/// A named launch: how to build its command.
+type Case<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
+
+/// One launch of each case in turn, `n` rounds (after a tenth as warm-up):
+/// on a shared VM whose speed drifts within minutes, every case then sees
+/// the same drift, so their differences hold even when the absolute
+/// figures move.
+fn interleaved(n: usize, cases: &[Case<'_>]) -> Vec<Stats> {
+    let mut v: Vec<Vec<Duration>> = cases.iter().map(|_| Vec::with_capacity(n)).collect();
+    for round in 0..n + n / 10 {
+        for (i, (_, make)) in cases.iter().enumerate() {
+            let c = make();
+            let t = Instant::now();
+            run_ok(c);
+            if round >= n / 10 {
+                v[i].push(t.elapsed());
+            }
+        }
+    }
+    v.into_iter().map(stats).collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -113,45 +136,58 @@ fn main() {
         c
     };
 
-    println!("taskbox launch benchmark: {n} launches per case, same run");
-    let bare = time(n, || run_ok(Command::new("/bin/true")));
-    report("bare spawn /bin/true", &bare, &bare);
-    let full = time(n, || run_ok(tb(&[])));
-    report("taskbox run -p explore (ns+ll+sc)", &full, &bare);
-    let ll = time(n, || run_ok(tb(&[("TASKBOX_NO_USERNS", "1")])));
-    report("taskbox run -p readonly, LL+sc only", &ll, &bare);
-    if nix_is_root() {
-        // Most users are not root: the same launch as uid 65534 (no pids
-        // cgroup: RLIMIT_NPROC applies to non-root users).
-        let ustate = dir.path().join("state-65534");
+    println!(
+        "taskbox launch benchmark: {n} rounds, each case once per round in turn (interleaved)"
+    );
+    let ustate = dir.path().join("state-65534");
+    let root = nix_is_root();
+    if root {
         for p in [dir.path().to_path_buf(), ws.clone(), ustate.clone()] {
             std::fs::create_dir_all(&p).unwrap();
             std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
         }
-        let user = |extra: &[(&str, &str)]| {
-            let mut c = tb(extra);
-            c.env("TASKBOX_STATE_DIR", &ustate);
-            std::os::unix::process::CommandExt::uid(&mut c, 65534);
-            std::os::unix::process::CommandExt::gid(&mut c, 65534);
-            c
-        };
-        let u = time(n, || run_ok(user(&[])));
-        report("  same, as uid 65534", &u, &bare);
-        let u = time(n, || run_ok(user(&[("TASKBOX_NO_USERNS", "1")])));
-        report("  Landlock+seccomp only, uid 65534", &u, &bare);
     }
-    let stage = time(n, || {
-        // The stage binary alone: exec of taskbox that exits at once (clap
-        // parse error path); the floor of re-executing the runner binary.
-        let _ = Command::new(bin)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status();
-    });
-    report("taskbox --version (exec floor)", &stage, &bare);
+    // Most users are not root: the same launches as uid 65534 (no pids
+    // cgroup: RLIMIT_NPROC applies to non-root users).
+    let user = |extra: &[(&str, &str)]| {
+        let mut c = tb(extra);
+        c.env("TASKBOX_STATE_DIR", &ustate);
+        std::os::unix::process::CommandExt::uid(&mut c, 65534);
+        std::os::unix::process::CommandExt::gid(&mut c, 65534);
+        c
+    };
+    let no_ns = [("TASKBOX_NO_USERNS", "1")];
+    let mut cases: Vec<Case<'_>> = vec![
+        (
+            "bare spawn /bin/true",
+            Box::new(|| Command::new("/bin/true")),
+        ),
+        ("taskbox run -p explore (ns+ll+sc)", Box::new(|| tb(&[]))),
+        (
+            "taskbox run -p readonly, LL+sc only",
+            Box::new(|| tb(&no_ns)),
+        ),
+    ];
+    if root {
+        cases.push(("  same, as uid 65534", Box::new(|| user(&[]))));
+        cases.push((
+            "  Landlock+seccomp only, uid 65534",
+            Box::new(|| user(&no_ns)),
+        ));
+    }
+    // The exec floor of the runner binary: it starts and exits at once.
+    cases.push((
+        "taskbox --version (exec floor)",
+        Box::new(|| {
+            let mut c = Command::new(bin);
+            c.arg("--version");
+            c
+        }),
+    ));
     if Path::new("/usr/bin/bwrap").exists() {
-        let bw = time(n, || {
-            run_ok({
+        cases.push((
+            "bwrap --unshare-all (comparable)",
+            Box::new(|| {
                 let mut c = Command::new("/usr/bin/bwrap");
                 c.args([
                     "--unshare-all",
@@ -180,11 +216,14 @@ fn main() {
                 .arg(&ws)
                 .args(["--", "/bin/true"]);
                 c
-            })
-        });
-        report("bwrap --unshare-all (comparable)", &bw, &bare);
+            }),
+        ));
     } else {
         println!("bwrap: not installed, comparison skipped");
+    }
+    let results = interleaved(n, &cases);
+    for ((name, _), s) in cases.iter().zip(&results) {
+        report(name, s, &results[0]);
     }
 
     // The runner's own peak RSS during a run, as it reports it.
