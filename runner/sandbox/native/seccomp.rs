@@ -140,7 +140,50 @@ fn target() -> Result<TargetArch, NativeError> {
 /// # Errors
 /// When seccompiler rejects a rule (a bug) or the architecture is unsupported.
 pub fn build(inet: bool) -> Result<Vec<BpfProgram>, NativeError> {
-    let arch = target()?;
+    let mut rules = argument_rules()?;
+    rules.extend(socket_rules(inet)?);
+    let mut prog = prologue();
+    prog.extend(refuse_by_number());
+    prog.extend(compile(rules)?);
+    Ok(vec![prog])
+}
+
+/// [`build`] in two parts, for a stage that attaches the part that needs
+/// no plan to itself before the plan arrives: everything but the socket
+/// families, then [`sockets`].
+///
+/// # Errors
+/// As [`build`].
+pub fn without_sockets() -> Result<BpfProgram, NativeError> {
+    let mut prog = prologue();
+    prog.extend(refuse_by_number());
+    prog.extend(compile(argument_rules()?)?);
+    Ok(prog)
+}
+
+/// The socket-family rules alone, the rest of [`without_sockets`].
+///
+/// # Errors
+/// As [`build`].
+pub fn sockets(inet: bool) -> Result<BpfProgram, NativeError> {
+    compile(socket_rules(inet)?)
+}
+
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, NativeError> {
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        target()?,
+    )
+    .map_err(seccomp_err)?
+    .try_into()
+    .map_err(seccomp_err)
+}
+
+/// Refused by argument: terminal injection, personality changes, new user
+/// namespaces through clone.
+fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Terminal injection: push input into the caller's terminal.
     rules.insert(
@@ -170,12 +213,17 @@ pub fn build(inet: bool) -> Result<Vec<BpfProgram>, NativeError> {
                 .map_err(seccomp_err)?,
         ],
     );
-    // Socket families: unix always; inet/inet6 only when the network allows.
+    Ok(rules)
+}
+
+/// Socket families: unix always; inet/inet6 only when the network allows.
+fn socket_rules(inet: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
     let mut family = vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?];
     if inet {
         family.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET as u64)?);
         family.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET6 as u64)?);
     }
+    let mut rules = BTreeMap::new();
     rules.insert(
         libc::SYS_socket,
         vec![SeccompRule::new(family.clone()).map_err(seccomp_err)?],
@@ -184,19 +232,7 @@ pub fn build(inet: bool) -> Result<Vec<BpfProgram>, NativeError> {
         libc::SYS_socketpair,
         vec![SeccompRule::new(family).map_err(seccomp_err)?],
     );
-    let by_argument: BpfProgram = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(seccomp_err)?
-    .try_into()
-    .map_err(seccomp_err)?;
-    let mut prog = prologue();
-    prog.extend(refuse_by_number());
-    prog.extend(by_argument);
-    Ok(vec![prog])
+    Ok(rules)
 }
 
 const LD_W_ABS: u16 = 0x20;
@@ -402,6 +438,39 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             let x32_read = X32_SYSCALL_BIT;
             assert_eq!(run(&f[0], audit_arch(), x32_read, [0; 6]), RET_KILL_PROCESS);
+        }
+    }
+
+    #[test]
+    fn the_two_part_filter_decides_as_the_whole() {
+        let first = without_sockets().unwrap();
+        let cases: Vec<(i64, [u64; 6])> = DENY
+            .iter()
+            .map(|(_, nr)| (*nr, [0; 6]))
+            .chain([
+                (libc::SYS_read, [0; 6]),
+                (libc::SYS_clone3, [0; 6]),
+                (libc::SYS_clone, [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0]),
+                (libc::SYS_ioctl, [1, TIOCSTI, 0, 0, 0, 0]),
+                (libc::SYS_socket, [libc::AF_INET as u64, 1, 0, 0, 0, 0]),
+                (libc::SYS_socket, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]),
+                (
+                    libc::SYS_socketpair,
+                    [libc::AF_NETLINK as u64, 1, 0, 0, 0, 0],
+                ),
+            ])
+            .collect();
+        for inet in [false, true] {
+            let second = sockets(inet).unwrap();
+            for (nr, args) in &cases {
+                let nr32 = u32::try_from(*nr).unwrap();
+                // Several filters: the kernel takes the most restrictive
+                // verdict (allow is the least).
+                let a = run(&first, audit_arch(), nr32, *args);
+                let b = run(&second, audit_arch(), nr32, *args);
+                let both = if a == ALLOW { b } else { a };
+                assert_eq!(both, verdict(inet, *nr, *args), "syscall {nr} {args:?}");
+            }
         }
     }
 
