@@ -259,7 +259,7 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
     // The namespaces need nothing from the plan but our own ids: entering
     // them now overlaps their cost with the runner's preparation.
     let entered = (early != EarlyNamespaces::Later).then(|| {
-        ns::enter(
+        ns::enter_early(
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
             early == EarlyNamespaces::All,
@@ -303,6 +303,12 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
         Err(e) => return Err((125, e)),
     };
     mark("plan");
+    let entered = match entered.map(|e| e.and_then(ns::Entered::finish)) {
+        // Past the first unshare: half entered, whatever the plan says,
+        // there is no way back.
+        Some(Err(e @ NativeError::Setup { .. })) => return Err((125, e)),
+        other => other,
+    };
     setup(bounding)?;
     if nix::unistd::getppid().as_raw() != plan.runner_pid {
         return Err((
@@ -327,7 +333,8 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut notes = Vec::new();
     let want_net = plan.spec.net.mode != NetMode::Host;
-    // (An early attempt that failed entered nothing: the plan decides below.)
+    // (An early attempt that failed with `Namespaces` entered nothing: the
+    // plan decides below; any other failure ended the stage above.)
     if entered.as_ref().is_some_and(Result::is_ok)
         && (plan.isolation != Isolation::Namespaces || want_net != (early == EarlyNamespaces::All))
     {
@@ -350,6 +357,8 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
         Isolation::Namespaces => {
             match entered.unwrap_or_else(|| ns::enter(plan.uid, plan.gid, want_net)) {
                 Ok(()) => Isolation::Namespaces,
+                // Past the first unshare (the late path): half entered.
+                Err(e @ NativeError::Setup { .. }) => return Err((125, e)),
                 Err(e) if plan.fallback_allowed => {
                     notes.push(format!(
                         "namespaces unavailable ({e}); running under Landlock + seccomp only"
