@@ -2,10 +2,11 @@
 //! namespaces, Landlock, seccomp and rlimits.
 //!
 //! The launch stage applies a pure [`NativePlan`] single-threaded (a helper
-//! thread exists only before the plan arrives) and execs
-//! the command. `taskbox run` forks it first thing, while it is one small
-//! thread; a stage needed later is `taskbox-stage` (a small binary of its
-//! own) started with a plain spawn: a multi-threaded runner never forks. All `unsafe` of taskbox lives in this room's leaves.
+//! thread exists only before the plan arrives) and execs the command.
+//! `taskbox run` forks it first thing, while it is one small thread; a
+//! stage needed later is `taskbox-stage` (a small binary of its own)
+//! started with a plain spawn: a multi-threaded runner never forks. All
+//! `unsafe` of taskbox lives in this room's leaves.
 
 mod landlock;
 mod ns;
