@@ -5,8 +5,10 @@
 //! thread exists only before the plan arrives) and execs the command.
 //! `taskbox run` forks it first thing, while it is one small thread; a
 //! stage needed later is `taskbox-stage` (a small binary of its own)
-//! started with a plain spawn: a multi-threaded runner never forks. All
-//! `unsafe` of taskbox lives in this room's leaves.
+//! started with a plain spawn: a multi-threaded runner never forks. Most of
+//! taskbox's `unsafe` (syscalls with no safe wrapper) lives in this room's
+//! leaves; the rest is WASM artifact loading, one `getxattr` in the
+//! changeset reader and `getrandom` for task ids.
 
 mod landlock;
 mod ns;
