@@ -175,8 +175,13 @@ impl Stage {
                     unsafe { libc::dup2(from.as_raw_fd(), to) };
                 }
                 scrub_environment();
-                // The stage closes every other descriptor (ours included) first.
-                super::stage_main(theirs.as_raw_fd(), pass_theirs.as_raw_fd(), early)
+                let (fd, pass) = (theirs.as_raw_fd(), pass_theirs.as_raw_fd());
+                // The stage closes every other descriptor (ours included)
+                // first, and never returns. A panic (an unwinding build)
+                // must not unwind into the runner's frames copied here.
+                let _ = std::panic::catch_unwind(move || super::stage_main(fd, pass, early));
+                // SAFETY: _exit ends this child without running anything of the runner's.
+                unsafe { libc::_exit(125) }
             }
             Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Self {
                 parts: Some((
