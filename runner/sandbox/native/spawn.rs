@@ -157,9 +157,7 @@ impl Stage {
             ));
         }
         reap_exited(false);
-        let pair = || UnixStream::pair().map_err(|e| setup("socketpair", e));
-        let (ours, theirs) = pair()?;
-        let (pass_ours, pass_theirs) = pair()?;
+        let (ours, theirs, pass_ours, pass_theirs) = channels()?;
         let pipe = || {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| setup("pipe", e.into()))
         };
@@ -288,7 +286,9 @@ impl Drop for Stage {
     }
 }
 
-fn spawn_stage(stage_exe: &Path, early: EarlyNamespaces) -> Result<Parts, NativeError> {
+/// The stage's two channels, both ends each (close-on-exec): plan and
+/// messages, then descriptors back (the proxy listener). Ours come first.
+fn channels() -> Result<(UnixStream, UnixStream, UnixStream, UnixStream), NativeError> {
     let pair = || {
         UnixStream::pair().map_err(|source| NativeError::Setup {
             what: "socketpair".into(),
@@ -297,6 +297,11 @@ fn spawn_stage(stage_exe: &Path, early: EarlyNamespaces) -> Result<Parts, Native
     };
     let (ours, theirs) = pair()?;
     let (pass_ours, pass_theirs) = pair()?;
+    Ok((ours, theirs, pass_ours, pass_theirs))
+}
+
+fn spawn_stage(stage_exe: &Path, early: EarlyNamespaces) -> Result<Parts, NativeError> {
+    let (ours, theirs, pass_ours, pass_theirs) = channels()?;
     let mut cmd = Command::new(stage_exe);
     if stage_exe.file_name() != Some(std::ffi::OsStr::new(super::STAGE)) {
         cmd.arg(super::SELF_STAGE_ARG);

@@ -303,6 +303,9 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
         Err(e) => return Err((125, e)),
     };
     mark("plan");
+    // With every namespace entered early, loopback is up already (the
+    // network namespace's thread did it).
+    let loopback_up = early == EarlyNamespaces::All;
     let entered = match entered.map(|e| e.and_then(ns::Entered::finish)) {
         // Past the first unshare: half entered, whatever the plan says,
         // there is no way back.
@@ -432,16 +435,17 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
                     die_with_parent();
-                    let code = match init(chan, &plan, isolation, notes, None, prebuilt) {
-                        Ok(c) => c,
-                        Err((c, e)) => {
-                            chan.send(&StageMsg::Failed {
-                                code: c,
-                                message: chain(&e),
-                            });
-                            c
-                        }
-                    };
+                    let code =
+                        match init(chan, &plan, isolation, notes, None, prebuilt, loopback_up) {
+                            Ok(c) => c,
+                            Err((c, e)) => {
+                                chan.send(&StageMsg::Failed {
+                                    code: c,
+                                    message: chain(&e),
+                                });
+                                c
+                            }
+                        };
                     std::process::exit(code)
                 }
                 Ok(ForkResult::Parent { child }) => {
@@ -474,7 +478,7 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
                     },
                 ));
             }
-            init(chan, &plan, isolation, notes, deadline, prebuilt)
+            init(chan, &plan, isolation, notes, deadline, prebuilt, false)
         }
     }
 }
@@ -489,31 +493,27 @@ fn run(chan: &mut Channel, early: super::plan::EarlyNamespaces) -> StageResult<i
 /// remount fail with EBUSY.)
 struct CgroupExit {
     root: std::os::fd::OwnedFd,
-    origin: std::ffi::CString,
-    name: std::ffi::CString,
+    origin: PathBuf,
+    name: PathBuf,
 }
 
 static CGROUP: std::sync::OnceLock<CgroupExit> = std::sync::OnceLock::new();
 
-/// The file through which a thread moves itself into cgroup `dir`: on
-/// cgroup v1 `tasks` with pid 0, which skips the global lock whose write
-/// side waits for an RCU grace period (0.03 ms against 5 ms for a write of
-/// a pid to `cgroup.procs`, measured here); on v2 `cgroup.procs`.
-fn move_file(dir: &std::path::Path) -> PathBuf {
-    let v1 = dir.join("tasks");
-    if v1.exists() {
-        v1
-    } else {
-        dir.join("cgroup.procs")
-    }
+/// The file through which a thread moves itself into a cgroup: on cgroup
+/// v1 `tasks` with pid 0, which skips the global lock whose write side
+/// waits for an RCU grace period (0.03 ms against 5 ms for a write of a pid
+/// to `cgroup.procs`, measured here); on v2 `cgroup.procs`.
+fn move_file(v1: bool) -> &'static str {
+    if v1 { "tasks" } else { "cgroup.procs" }
 }
 
 /// Moves this (single-threaded) stage into the task's pids cgroup, before
 /// it starts any process of the task, so all of them are counted; prepares
 /// [`leave_cgroup`].
 fn join_cgroup(dir: &std::path::Path) -> Result<(), NativeError> {
-    let exit = cgroup_exit(dir);
-    let file = move_file(dir);
+    let v1 = dir.join("tasks").exists();
+    let exit = cgroup_exit(dir, v1);
+    let file = dir.join(move_file(v1));
     std::fs::write(&file, "0").map_err(|source| NativeError::Setup {
         what: format!("join the task's pids cgroup {}", file.display()),
         source,
@@ -526,28 +526,20 @@ fn join_cgroup(dir: &std::path::Path) -> Result<(), NativeError> {
 
 /// Opens what [`leave_cgroup`] needs; `None` if anything is missing (the
 /// runner then removes the cgroup, after the stage's exit).
-fn cgroup_exit(dir: &std::path::Path) -> Option<CgroupExit> {
+fn cgroup_exit(dir: &std::path::Path, v1: bool) -> Option<CgroupExit> {
+    use nix::fcntl::OFlag;
     use std::os::fd::FromRawFd as _;
-    use std::os::unix::ffi::OsStrExt as _;
     // The task's cgroup was made right under the hierarchy's root. This
     // process's own line: `N:pids:/path` on v1, `0::/path` on v2.
     let root = dir.parent()?;
-    let controller = if dir.join("tasks").exists() {
-        ":pids:"
-    } else {
-        "0::"
-    };
+    let controller = if v1 { ":pids:" } else { "0::" };
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let rel = own.lines().find_map(|l| {
         let at = l.find(controller)?;
-        Some(
-            l[at + controller.len()..]
-                .trim_start_matches('/')
-                .to_owned(),
-        )
+        Some(PathBuf::from(
+            l[at + controller.len()..].trim_start_matches('/'),
+        ))
     })?;
-    let origin = move_file(&root.join(rel));
-    let origin = ns::cstring(origin.strip_prefix(root).ok()?)?;
     let path = ns::cstring(root)?;
     // SAFETY: open_tree reads a NUL-terminated path and returns a new
     // descriptor (or -1), which we then own.
@@ -559,24 +551,23 @@ fn cgroup_exit(dir: &std::path::Path) -> Option<CgroupExit> {
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
         )
     };
-    // Without a mount namespace nothing is remounted, and the stage may
-    // already be under the seccomp filter (which refuses open_tree): the
-    // hierarchy's root itself does.
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0).or_else(|| {
-        // SAFETY: open of a NUL-terminated path; the descriptor is ours.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        (fd >= 0).then_some(fd)
-    })?;
-    Some(CgroupExit {
-        origin,
+    let root_fd = match i32::try_from(fd).ok().filter(|fd| *fd >= 0) {
         // SAFETY: a descriptor the kernel just returned to us.
-        root: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
-        name: std::ffi::CString::new(dir.file_name()?.as_bytes()).ok()?,
+        Some(fd) => unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        // Without a mount namespace nothing is remounted, and the stage may
+        // already be under the seccomp filter (which refuses open_tree):
+        // the hierarchy's root itself does.
+        None => nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?,
+    };
+    Some(CgroupExit {
+        root: root_fd,
+        origin: rel.join(move_file(v1)),
+        name: PathBuf::from(dir.file_name()?),
     })
 }
 
@@ -585,36 +576,24 @@ fn cgroup_exit(dir: &std::path::Path) -> Option<CgroupExit> {
 /// wait for the stage's own exit (its namespaces' teardown, 1-2 ms) to
 /// remove it. `false` if it could not (the runner then does).
 fn leave_cgroup() -> bool {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    use nix::fcntl::OFlag;
     let Some(exit) = CGROUP.get() else {
         return false;
     };
-    // SAFETY: openat with a live directory descriptor and a NUL-terminated
-    // relative path; the descriptor it returns is ours.
-    let fd = unsafe {
-        libc::openat(
-            exit.root.as_raw_fd(),
-            exit.origin.as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
+    let moved_back = nix::fcntl::openat(
+        &exit.root,
+        &exit.origin,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .is_ok_and(|fd| std::io::Write::write_all(&mut std::fs::File::from(fd), b"0").is_ok());
+    moved_back
+        && nix::unistd::unlinkat(
+            &exit.root,
+            &exit.name,
+            nix::unistd::UnlinkatFlags::RemoveDir,
         )
-    };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: just opened, owned here.
-    let origin = unsafe { std::fs::File::from_raw_fd(fd) };
-    if std::io::Write::write_all(&mut &origin, b"0").is_err() {
-        return false;
-    }
-    // SAFETY: unlinkat with a live directory descriptor and a NUL-terminated name.
-    let rc = unsafe {
-        libc::unlinkat(
-            exit.root.as_raw_fd(),
-            exit.name.as_ptr(),
-            libc::AT_REMOVEDIR,
-        )
-    };
-    rc == 0
+        .is_ok()
 }
 
 fn die_with_parent() {
@@ -791,6 +770,7 @@ fn attach_without_sockets() -> Result<usize, NativeError> {
 
 /// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
 /// view, starts the command, reaps, and kills what is left when it ends.
+/// `loopback_up`: the network namespace came with loopback up already.
 fn init(
     chan: &mut Channel,
     plan: &NativePlan,
@@ -798,6 +778,7 @@ fn init(
     mut notes: Vec<String>,
     deadline: Option<Instant>,
     prebuilt: Prebuilt,
+    loopback_up: bool,
 ) -> StageResult<i32> {
     let spec = &plan.spec;
     let deny = ns::expand_globs(&spec.fs.deny);
@@ -836,7 +817,7 @@ fn init(
                 .as_ref()
                 .map(|o| (o.upper.as_path(), o.work.as_path())),
         }))?;
-        if spec.net.mode != NetMode::Host {
+        if spec.net.mode != NetMode::Host && !loopback_up {
             setup(ns::loopback_up())?;
         }
         setup(write_secret_files(&plan.secret_files))?;
