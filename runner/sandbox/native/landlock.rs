@@ -51,12 +51,39 @@ pub struct Hole {
 }
 
 /// Rules after carving holes: each a path and its grant.
+///
+/// Paths are compared as bytes after one normalisation each (`Path`'s own
+/// comparisons parse components on every call, and carving compares every
+/// root and entry with every hole: that was most of its cost).
 pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole]) -> Vec<(PathBuf, Grant)> {
+    let holes: Vec<Hole> = holes
+        .iter()
+        .map(|h| Hole {
+            path: normal(&h.path),
+            keep: h.keep,
+        })
+        .collect();
     let mut out = Vec::new();
     for (root, grant) in roots {
-        carve_one(root, *grant, holes, &mut out, 0);
+        carve_one(&normal(root), *grant, &holes, &mut out, 0);
     }
     out
+}
+
+/// One spelling per path (no `.`, no repeated or trailing `/`), so that
+/// byte equality and byte prefixes mean what component comparisons mean.
+fn normal(p: &Path) -> PathBuf {
+    p.components().collect()
+}
+
+fn bytes(p: &Path) -> &[u8] {
+    std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())
+}
+
+/// Whether `inner` lies strictly below `outer` (both normal).
+fn strictly_below(inner: &Path, outer: &Path) -> bool {
+    let (i, o) = (bytes(inner), bytes(outer));
+    i.len() > o.len() && i.starts_with(o) && (o.ends_with(b"/") || i[o.len()] == b'/')
 }
 
 fn carve_one(
@@ -66,7 +93,7 @@ fn carve_one(
     out: &mut Vec<(PathBuf, Grant)>,
     depth: usize,
 ) {
-    if let Some(h) = holes.iter().find(|h| h.path == path) {
+    if let Some(h) = holes.iter().find(|h| bytes(&h.path) == bytes(path)) {
         if let Some(keep) = h.keep {
             let g = if keep == Grant::Read || grant == Grant::Read {
                 Grant::Read
@@ -87,9 +114,7 @@ fn carve_one_inner(
     out: &mut Vec<(PathBuf, Grant)>,
     depth: usize,
 ) {
-    let inside = holes
-        .iter()
-        .any(|h| h.path != path && h.path.starts_with(path));
+    let inside = holes.iter().any(|h| strictly_below(&h.path, path));
     if !inside || depth > 32 {
         out.push((path.to_path_buf(), grant));
         return;
@@ -235,6 +260,36 @@ mod tests {
         );
         assert!(rules.contains(&(root.join(".git/hooks"), Grant::Read)));
         assert!(!rules.contains(&(root.clone(), Grant::Write)));
+    }
+
+    #[test]
+    fn carve_finds_holes_however_they_are_spelled() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join("a/secret")).unwrap();
+        std::fs::create_dir_all(root.join("ab")).unwrap();
+        let spelled = format!("{}//a/./secret/", root.display());
+        let rules = carve(
+            &[(PathBuf::from(format!("{}/", root.display())), Grant::Read)],
+            &[Hole {
+                path: PathBuf::from(spelled),
+                keep: None,
+            }],
+        );
+        let mut got = rules;
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        // `ab` shares a byte prefix with `a` but is not below it.
+        assert_eq!(
+            got,
+            vec![
+                (root.clone(), Grant::List),
+                (root.join("a"), Grant::List),
+                (root.join("ab"), Grant::Read),
+            ]
+        );
+        assert!(strictly_below(Path::new("/x"), Path::new("/")));
+        assert!(!strictly_below(Path::new("/"), Path::new("/")));
+        assert!(!strictly_below(Path::new("/ab"), Path::new("/a")));
     }
 
     #[test]
