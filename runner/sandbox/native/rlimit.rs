@@ -43,24 +43,29 @@ pub fn apply(l: &LimitSpec) -> Result<(), NativeError> {
 /// # Errors
 /// When a capability cannot be dropped.
 pub fn drop_bounding_set() -> Result<(), NativeError> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(40);
-    for cap in 0..=last {
+    let root = nix::unistd::geteuid().is_root();
+    // Capabilities are numbered from 0 without gaps; the first EINVAL is
+    // one past the kernel's last (no /proc read needed to know it).
+    for cap in 0..64 {
         // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory is passed.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-        let errno = std::io::Error::last_os_error().raw_os_error();
-        // EINVAL: no such capability. EPERM: we lack CAP_SETPCAP, which only
-        // happens to a non-root caller outside a user namespace: it holds no
-        // capability to lose, and no_new_privs stops exec from gaining any.
-        let harmless = errno == Some(libc::EINVAL)
-            || (errno == Some(libc::EPERM) && !nix::unistd::geteuid().is_root());
-        if rc != 0 && !harmless {
-            return Err(NativeError::Setup {
-                what: format!("drop bounding capability {cap}"),
-                source: std::io::Error::last_os_error(),
-            });
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc == 0 {
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINVAL) => return Ok(()),
+            // EPERM: we lack CAP_SETPCAP, which only happens to a non-root
+            // caller outside a user namespace: it holds no capability to
+            // lose, no_new_privs stops exec from gaining any, and every
+            // further drop would fail the same way.
+            Some(libc::EPERM) if !root => return Ok(()),
+            _ => {
+                return Err(NativeError::Setup {
+                    what: format!("drop bounding capability {cap}"),
+                    source: err,
+                });
+            }
         }
     }
     Ok(())
