@@ -104,6 +104,9 @@ pub struct RunRequest {
     /// The stage, if the caller started it already (as early as it could,
     /// with namespaces unless `TASKBOX_NO_USERNS=1`); else it starts here.
     pub stage: Option<native::Stage>,
+    /// The id reserved for a new task when `stage` was started (the stage
+    /// may have made the task's host tmp under it already).
+    pub reserved_id: Option<TaskId>,
     /// Where the command's stdout goes.
     pub stdout: Sink,
     /// Where the command's stderr goes.
@@ -189,6 +192,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         catalog,
         stage_exe,
         stage,
+        reserved_id,
         stdout,
         stderr,
         mode,
@@ -235,7 +239,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             )
         }
         None => (
-            TaskId::new(),
+            reserved_id.unwrap_or_default(),
             profile,
             argv,
             workspace,
@@ -683,7 +687,10 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             interceptor: interceptor.clone(),
         }),
     );
-    let _ = std::fs::remove_dir_all(&host_tmp);
+    if result.is_err() {
+        // The stage failed or refused: it removes nothing itself.
+        let _ = std::fs::remove_dir_all(&host_tmp);
+    }
     match result {
         Ok((mut outcome, conns)) => {
             for l in leases.iter().filter(|l| l.deliver == Delivery::Header) {

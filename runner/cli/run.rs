@@ -42,18 +42,30 @@ pub struct RunArgs {
 
 /// Forks the launch stage before the arguments are even parsed (the
 /// runner is still one small thread): every microsecond the runner spends
-/// before sending the plan then overlaps with the stage's namespaces. `None` if it cannot (the error
-/// is reported by the ordinary path).
-pub fn early_stage() -> Option<crate::sandbox::native::Stage> {
+/// before sending the plan then overlaps with the stage's namespaces (or,
+/// without them, with making the task's host tmp under the id reserved
+/// here). `None` if it cannot (the error is reported by the ordinary path).
+pub fn early_stage() -> Option<(crate::sandbox::native::Stage, crate::task::TaskId)> {
     use crate::sandbox::native;
     let no_userns = std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1");
-    native::Stage::fork(native::EarlyNamespaces::before_profile(no_userns)).ok()
+    let id = crate::task::TaskId::new();
+    let tmp = super::state_dir().task_tmp(&id);
+    let stage = native::Stage::fork(
+        native::EarlyNamespaces::before_profile(no_userns),
+        Some(tmp),
+    );
+    stage.ok().map(|s| (s, id))
 }
 
 impl RunArgs {
-    /// Runs the task (with `stage`, if one was started for it already);
+    /// Runs the task (with the stage and the id reserved for it, if one
+    /// was started already);
     /// returns the contract's exit code.
-    pub fn execute(self, stage: Option<crate::sandbox::native::Stage>) -> anyhow::Result<i32> {
+    pub fn execute(
+        self,
+        early: Option<(crate::sandbox::native::Stage, crate::task::TaskId)>,
+    ) -> anyhow::Result<i32> {
+        let (stage, reserved_id) = early.unzip();
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let workspace = self.workspace.clone().unwrap_or_else(|| cwd.clone());
         let in_workspace = std::fs::canonicalize(&cwd)
@@ -75,6 +87,7 @@ impl RunArgs {
                 &std::env::current_exe().context("cannot find the taskbox binary")?,
             ),
             stage,
+            reserved_id,
             stdout: Box::new(LineEnd {
                 out: std::io::stdout(),
                 open: Arc::clone(&open_line),

@@ -238,3 +238,46 @@ fn a_root_task_leaves_no_pids_cgroup_behind() {
         }
     }
 }
+
+/// Without namespaces the task's tmp is a private directory of the state
+/// dir (the stage makes it while the runner prepares, and removes it after
+/// its report, so a moment after the runner exits): used, owner-only, and
+/// gone afterwards, for a task that ran and for one refused before launch.
+#[test]
+fn the_host_tmp_of_a_task_without_namespaces_is_private_and_removed() {
+    for m in [Mode::RootNoNs, Mode::UserNoNs] {
+        let t = TestBox::new(m);
+        let r = t.sh(
+            "explore",
+            "echo scratch > \"$TMPDIR/f\" && stat -c %a \"$TMPDIR\" && echo \"$TMPDIR\"",
+        );
+        r.code(0);
+        let mut lines = r.stdout.lines();
+        assert_eq!(lines.next(), Some("700"), "{m:?}: {}", r.stdout);
+        let tmp = std::path::PathBuf::from(lines.next().unwrap_or_default());
+        let id = r.json()["task"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(tmp, t.state.join("tmp").join(&id), "{m:?}: {}", r.stdout);
+        let gone = |p: &std::path::Path| {
+            let until = Instant::now() + Duration::from_secs(5);
+            while p.exists() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            !p.exists()
+        };
+        assert!(gone(&tmp), "{m:?}: {} outlived the task", tmp.display());
+        // Refused before launch (a pending approval): nothing is left either.
+        let r = t.taskbox(&["run", "-p", "shared-change", "--", "/bin/true"]);
+        r.code(126);
+        let tmp_root = t.state.join("tmp");
+        let until = Instant::now() + Duration::from_secs(5);
+        let left = || {
+            std::fs::read_dir(&tmp_root)
+                .map(|d| d.flatten().count())
+                .unwrap_or(0)
+        };
+        while left() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(left(), 0, "{m:?}: a refused task left a host tmp behind");
+    }
+}

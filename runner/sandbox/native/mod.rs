@@ -63,7 +63,7 @@ pub fn stage_entry(mut args: impl Iterator<Item = String>) -> ! {
         std::process::exit(125);
     };
     let early = EarlyNamespaces::parse(&args.next().unwrap_or_default());
-    stage_main(fd, pass, early)
+    stage_main(fd, pass, early, None)
 }
 
 /// Why a native launch failed.

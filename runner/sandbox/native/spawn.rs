@@ -105,6 +105,8 @@ pub struct Running {
     enforcement: Option<Enforcement>,
     timings: Timings,
     pass: Option<UnixStream>,
+    /// The task's private tmp on the host (Landlock-only mode).
+    host_tmp: PathBuf,
 }
 
 type Parts = (StageProc, UnixStream, UnixStream);
@@ -142,10 +144,14 @@ impl Stage {
     /// child scrubs the runner's environment from its own memory, so
     /// neither the stage nor pid 1 shows it in `/proc/PID/environ`.
     ///
+    /// `tmp`: where the task's private tmp on the host will be (its id is
+    /// reserved already): if the task is to run without namespaces, the
+    /// stage makes it while the runner prepares the plan.
+    ///
     /// # Errors
     /// When this process already runs more than one thread (use
     /// [`Stage::spawn`]), or the fork fails.
-    pub fn fork(early: EarlyNamespaces) -> Result<Self, NativeError> {
+    pub fn fork(early: EarlyNamespaces, tmp: Option<PathBuf>) -> Result<Self, NativeError> {
         let setup = |what: &str, source: std::io::Error| NativeError::Setup {
             what: what.to_owned(),
             source,
@@ -177,7 +183,9 @@ impl Stage {
                 // The stage closes every other descriptor (ours included)
                 // first, and never returns. A panic (an unwinding build)
                 // must not unwind into the runner's frames copied here.
-                let _ = std::panic::catch_unwind(move || super::stage_main(fd, pass, early));
+                let _ = std::panic::catch_unwind(move || {
+                    super::stage_main(fd, pass, early, tmp.as_deref())
+                });
                 // SAFETY: _exit ends this child without running anything of the runner's.
                 unsafe { libc::_exit(125) }
             }
@@ -250,6 +258,7 @@ impl Stage {
             enforcement: None,
             timings: Timings::default(),
             pass: Some(pass),
+            host_tmp: plan.host_tmp.clone(),
         };
         let body = serde_json::to_vec(&plan).map_err(|e| NativeError::Plan {
             message: e.to_string(),
@@ -703,6 +712,9 @@ impl Running {
             }
             None => {
                 let (status, ru) = self.finish_wait()?;
+                // The stage removes the task's host tmp after its report;
+                // without one it is gone, and so is every process of the task.
+                let _ = std::fs::remove_dir_all(&self.host_tmp);
                 let us = |t: libc::timeval| {
                     (t.tv_sec as u64)
                         .saturating_mul(1_000_000)
