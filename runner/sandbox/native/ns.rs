@@ -217,12 +217,30 @@ fn overmount_tmpfs(
     Ok(())
 }
 
-/// Builds the task's filesystem view inside its fresh mount namespace.
-/// Must run in the new pid namespace (for /proc).
+/// Builds the task's filesystem view inside its fresh mount namespace:
+/// [`prepare_view`], then [`finish_view`]. Must run in the new pid
+/// namespace (for /proc).
 ///
 /// # Errors
 /// Any mount that fails: the task must not run with a partial view.
 pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
+    prepare_view(p)?;
+    finish_view(p)
+}
+
+/// Whether `path` lies in /proc, which [`finish_view`] mounts afresh: a
+/// mount made beneath /proc before that would be hidden under it.
+fn in_proc(path: &Path) -> bool {
+    path.starts_with("/proc")
+}
+
+/// Everything of the view but the fresh /proc and what lies beneath it.
+/// Needs only the mount namespace, not the pid one, so the stage can do
+/// it while its network namespace is still being made.
+///
+/// # Errors
+/// Any mount that fails: the task must not run with a partial view.
+pub fn prepare_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
     // Nothing we mount may propagate back to the host.
     mnt(
         None,
@@ -264,13 +282,6 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
     }
     read_only_root(p.write)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mnt(
-        Some("proc"),
-        Path::new("/proc"),
-        Some("proc"),
-        hard | MsFlags::MS_NOEXEC,
-        None,
-    )?;
     overmount_tmpfs(Path::new("/tmp"), p.keep, hard, "mode=1777", false)?;
     if Path::new("/dev/shm").is_dir() {
         overmount_tmpfs(
@@ -281,12 +292,35 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
             false,
         )?;
     }
+    mask(p, false)
+}
+
+/// The fresh /proc of the task's pid namespace, then the masks that lie
+/// beneath it. Runs in pid 1 of that namespace, after [`prepare_view`].
+///
+/// # Errors
+/// Any mount that fails: the task must not run with a partial view.
+pub fn finish_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
+    mnt(
+        Some("proc"),
+        Path::new("/proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mask(p, true)
+}
+
+/// Socket directories, deny paths and protected paths: those in /proc
+/// (`proc`) or those outside it.
+fn mask(p: &MountPlan<'_>, proc: bool) -> Result<(), NativeError> {
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let mut seen: Vec<PathBuf> = Vec::new();
     for d in p.mask_dirs {
         let Ok(real) = std::fs::canonicalize(d) else {
             continue;
         };
-        if seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
+        if in_proc(&real) != proc || seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
             continue;
         }
         overmount_tmpfs(&real, p.keep, hard | MsFlags::MS_NOEXEC, "mode=755", true)?;
@@ -302,6 +336,9 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
             continue;
         };
         let target = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if in_proc(&target) != proc {
+            continue;
+        }
         if meta.is_dir() || target.is_dir() {
             mnt(
                 Some("tmpfs"),
@@ -325,7 +362,7 @@ pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
     // point (so it cannot be renamed away and recreated), then bind read-only.
     let mut tops: Vec<PathBuf> = Vec::new();
     for path in p.protect {
-        if !path.exists() {
+        if in_proc(path) != proc || !path.exists() {
             continue;
         }
         if let Ok(rel) = path.strip_prefix(p.workspace)

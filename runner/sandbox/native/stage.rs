@@ -347,6 +347,30 @@ fn run(
         }
         None => false,
     };
+    let want_net = plan.spec.net.mode != NetMode::Host;
+    let mut ahead = Prepared::of(&plan, tmp_made)?;
+    // The mount view needs the mount namespace only, not the pid one: with
+    // the namespaces entered early and a plan that runs in them, it is
+    // built now, while the thread still makes the network namespace (0.4-1.5
+    // ms of kernel work here). pid 1 mounts its /proc afterwards. The pids
+    // cgroup is joined first: its files are read-only once the view is.
+    let mut cgroup_joined = false;
+    if matches!(entered, Some(Ok(_)))
+        && plan.isolation == Isolation::Namespaces
+        && want_net == (early == EarlyNamespaces::All)
+    {
+        if let Some(cg) = &plan.cgroup {
+            setup(join_cgroup(cg))?;
+            cgroup_joined = true;
+        }
+        setup(ns::prepare_view(&mount_plan(
+            &plan,
+            &ahead.hidden,
+            &ahead.keep,
+        )))?;
+        ahead.view_prepared = true;
+        mark("view-early");
+    }
     // With every namespace entered early, loopback is up already (the
     // network namespace's thread did it).
     let loopback_up = early == EarlyNamespaces::All;
@@ -379,7 +403,6 @@ fn run(
         .wall_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut notes = Vec::new();
-    let want_net = plan.spec.net.mode != NetMode::Host;
     // (An early attempt that failed with `Namespaces` entered nothing: the
     // plan decides below; any other failure ended the stage above.)
     if entered.as_ref().is_some_and(Result::is_ok)
@@ -472,7 +495,7 @@ fn run(
                 .into(),
         );
     }
-    if let Some(cg) = &plan.cgroup {
+    if let Some(cg) = plan.cgroup.as_ref().filter(|_| !cgroup_joined) {
         setup(join_cgroup(cg))?;
     }
     match isolation {
@@ -490,7 +513,7 @@ fn run(
                         None,
                         prebuilt,
                         loopback_up,
-                        false,
+                        ahead,
                     ) {
                         Ok(c) => c,
                         Err((c, e)) => {
@@ -534,7 +557,7 @@ fn run(
                 ));
             }
             init(
-                chan, &plan, isolation, notes, deadline, prebuilt, false, tmp_made,
+                chan, &plan, isolation, notes, deadline, prebuilt, false, ahead,
             )
         }
     }
@@ -828,10 +851,79 @@ fn attach_without_sockets() -> Result<usize, NativeError> {
     seccomp::apply(&[f])
 }
 
+/// What the stage works out from the plan before pid 1 exists, which pid 1
+/// inherits (a fork's copy): the mount view and the Landlock holes come
+/// from the same expansion of the deny globs.
+struct Prepared {
+    /// Deny paths (globs expanded at launch) and the runner's own dirs.
+    hidden: Vec<PathBuf>,
+    /// Granted trees, kept visible under what the view overmounts.
+    keep: Vec<PathBuf>,
+    /// Files for the command (environment variable, descriptor), opened
+    /// before the view hides their directories; kept open (no CLOEXEC)
+    /// into the command, read-only.
+    inherited: Vec<(String, std::os::fd::OwnedFd)>,
+    /// [`ns::prepare_view`] ran in the stage already: pid 1 only finishes it.
+    view_prepared: bool,
+    /// The host tmp (Landlock-only mode) exists already.
+    tmp_made: bool,
+}
+
+impl Prepared {
+    fn of(plan: &NativePlan, tmp_made: bool) -> StageResult<Self> {
+        let spec = &plan.spec;
+        let mut hidden = ns::expand_globs(&spec.fs.deny);
+        hidden.extend(plan.hide.iter().cloned());
+        let keep = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
+        let mut inherited = Vec::new();
+        for f in &plan.inherit {
+            let file = setup(
+                std::fs::File::open(&f.path).map_err(|source| NativeError::Setup {
+                    what: format!("open {} for the command", f.path.display()),
+                    source,
+                }),
+            )?;
+            let fd: std::os::fd::OwnedFd = file.into();
+            let _ = nix::fcntl::fcntl(
+                &fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            );
+            inherited.push((f.env.clone(), fd));
+        }
+        Ok(Self {
+            hidden,
+            keep,
+            inherited,
+            view_prepared: false,
+            tmp_made,
+        })
+    }
+}
+
+/// The task's mount view, from the plan and what the stage worked out.
+fn mount_plan<'a>(
+    plan: &'a NativePlan,
+    hidden: &'a [PathBuf],
+    keep: &'a [PathBuf],
+) -> ns::MountPlan<'a> {
+    let spec = &plan.spec;
+    ns::MountPlan {
+        mask_dirs: &plan.mask_sockets,
+        deny: hidden,
+        protect: &spec.fs.protect,
+        workspace: &spec.workspace,
+        keep,
+        write: &spec.fs.write,
+        overlay: plan
+            .overlay
+            .as_ref()
+            .map(|o| (o.upper.as_path(), o.work.as_path())),
+    }
+}
+
 /// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
 /// view, starts the command, reaps, and kills what is left when it ends.
 /// `loopback_up`: the network namespace came with loopback up already.
-/// `tmp_made`: the host tmp (Landlock-only mode) exists already.
 #[allow(
     clippy::too_many_arguments,
     reason = "one step of the stage, two call sites; each argument is a distinct piece of state"
@@ -844,45 +936,25 @@ fn init(
     deadline: Option<Instant>,
     prebuilt: Prebuilt,
     loopback_up: bool,
-    tmp_made: bool,
+    ahead: Prepared,
 ) -> StageResult<i32> {
     let spec = &plan.spec;
-    let deny = ns::expand_globs(&spec.fs.deny);
-    let mut hidden: Vec<PathBuf> = deny.clone();
-    hidden.extend(plan.hide.iter().cloned());
-    let keep: Vec<PathBuf> = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
-    // Opened before the view hides their directories; kept open (no
-    // CLOEXEC) into the command, read-only.
-    let mut inherited = Vec::new();
-    for f in &plan.inherit {
-        let file = setup(
-            std::fs::File::open(&f.path).map_err(|source| NativeError::Setup {
-                what: format!("open {} for the command", f.path.display()),
-                source,
-            }),
-        )?;
-        let fd: std::os::fd::OwnedFd = file.into();
-        let _ = nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        );
-        inherited.push((f.env.clone(), fd));
-    }
+    let Prepared {
+        hidden,
+        keep,
+        inherited,
+        view_prepared,
+        tmp_made,
+    } = ahead;
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
     if isolation == Isolation::Namespaces {
-        setup(ns::build_view(&ns::MountPlan {
-            mask_dirs: &plan.mask_sockets,
-            deny: &hidden,
-            protect: &spec.fs.protect,
-            workspace: &spec.workspace,
-            keep: &keep,
-            write: &spec.fs.write,
-            overlay: plan
-                .overlay
-                .as_ref()
-                .map(|o| (o.upper.as_path(), o.work.as_path())),
-        }))?;
+        let mounts = mount_plan(plan, &hidden, &keep);
+        setup(if view_prepared {
+            ns::finish_view(&mounts)
+        } else {
+            ns::build_view(&mounts)
+        })?;
         if spec.net.mode != NetMode::Host && !loopback_up {
             setup(ns::loopback_up())?;
         }
