@@ -169,6 +169,13 @@ impl PathTemplate {
         normalize(std::path::Path::new(&s))
     }
 
+    /// Whether the template names the task's /tmp: `{tmp}` or a literal
+    /// path in /tmp.
+    pub fn names_tmp(&self) -> bool {
+        let s = self.0.as_str();
+        s.starts_with("{tmp}") || s == "/tmp" || s.starts_with("/tmp/")
+    }
+
     /// Whether the template has glob characters.
     pub fn is_glob(&self) -> bool {
         self.0.contains(['*', '?', '['])

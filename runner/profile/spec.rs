@@ -39,6 +39,12 @@ pub struct FsSpec {
     pub deny: Vec<PathBuf>,
     /// Inside writable trees, but read-only.
     pub protect: Vec<PathBuf>,
+    /// The `read`/`write` entries that name the task's own /tmp (`{tmp}`,
+    /// or a literal path in /tmp): without a mount namespace they become
+    /// the task's private directory on the host. Other paths that merely
+    /// lie in the host's /tmp (a workspace checked out there) stay as they are.
+    #[serde(default)]
+    pub tmp: Vec<PathBuf>,
 }
 
 /// Network reach for the task.
@@ -182,6 +188,13 @@ impl Profile {
                 write,
                 deny: fs.deny.iter().map(|p| p.resolve(vars)).collect(),
                 protect,
+                tmp: fs
+                    .read
+                    .iter()
+                    .chain(&fs.write)
+                    .filter(|p| p.names_tmp())
+                    .map(|p| p.resolve(vars))
+                    .collect(),
             },
             net: NetSpec {
                 mode: net.mode,

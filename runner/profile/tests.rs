@@ -266,6 +266,32 @@ fn resolve_substitutes_and_scrubs_env() {
 }
 
 #[test]
+fn only_the_profiles_own_tmp_entries_are_marked_as_tmp() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("t.toml");
+    std::fs::write(
+        &f,
+        "extends = \"readonly\"\n[filesystem]\nread = [\"/tmp/shared-cache\", \"/tmpfoo\"]\n",
+    )
+    .unwrap();
+    let p = Catalog::new(None).load(f.to_str().unwrap(), None).unwrap();
+    let vars = PathVars {
+        workspace: "/tmp/checkout".into(),
+        home: "/tmp/home".into(),
+        tmp: "/tmp".into(),
+    };
+    let s = p.resolve(&vars, &[]);
+    let mut tmp = s.fs.tmp.clone();
+    tmp.sort();
+    tmp.dedup();
+    let want: Vec<std::path::PathBuf> = vec!["/tmp".into(), "/tmp/shared-cache".into()];
+    assert_eq!(tmp, want);
+    // The workspace and {home} paths lie in /tmp here but are not the task's /tmp.
+    assert!(s.fs.read.contains(&"/tmp/checkout".into()));
+    assert!(s.fs.read.contains(&"/tmp/home/.cargo".into()));
+}
+
+#[test]
 fn extends_cycles_and_unknown_parents_are_errors() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("a.toml"), "extends = \"b\"\n").unwrap();

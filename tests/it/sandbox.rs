@@ -206,6 +206,25 @@ fn deny_paths_inside_proc_are_masked_in_the_tasks_own_proc() {
     });
 }
 
+/// A workspace checked out under /tmp (CI does it) is the workspace, in
+/// every mode: without namespaces only the profile's own `{tmp}` becomes the
+/// task's private directory, not every path that happens to lie in /tmp.
+#[test]
+fn a_workspace_under_tmp_is_readable_in_every_mode() {
+    each(|t| {
+        let ws = tempfile::Builder::new()
+            .prefix("taskbox-it-ws")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(ws.path().join("notes.txt"), "in-tmp-workspace\n").unwrap();
+        t.own(ws.path());
+        let w = ws.path().to_string_lossy().into_owned();
+        let r = t.taskbox(&["run", "-w", &w, "--", "/bin/cat", "notes.txt"]);
+        r.code(0);
+        assert!(r.stdout.contains("in-tmp-workspace"), "{r:?}");
+    });
+}
+
 #[test]
 fn the_runner_environment_and_state_are_out_of_reach() {
     each(|t| {

@@ -988,10 +988,12 @@ fn init(
             plan.host_tmp.clone()
         }
     };
-    // Without a mount namespace, `{tmp}` (resolved as /tmp) is the task's own
-    // directory on the host, never the shared /tmp.
+    // Without a mount namespace, the profile's `{tmp}` (resolved as /tmp)
+    // and literal /tmp paths are the task's own directory on the host, never
+    // the shared /tmp; other paths that lie in /tmp (a workspace checked out
+    // there) are granted as they are.
     let retmp = |p: &PathBuf| match (isolation, p.strip_prefix("/tmp")) {
-        (Isolation::LandlockOnly, Ok(rest)) => tmp.join(rest),
+        (Isolation::LandlockOnly, Ok(rest)) if spec.fs.tmp.contains(p) => tmp.join(rest),
         _ => p.clone(),
     };
     let mut roots: Vec<(PathBuf, Grant)> = spec
