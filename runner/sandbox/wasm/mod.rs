@@ -139,6 +139,8 @@ impl Kind {
         }
     }
 
+    /// Reads a `--kind` word (the helper's side of [`Kind::as_str`]).
+    #[cfg(feature = "wasm")]
     fn parse(s: &str) -> Option<Self> {
         match s {
             "module" => Some(Kind::Module),
