@@ -161,10 +161,15 @@ fn summarize(r: &RunReport, json: bool, open_line: bool) {
             ),
             None => {}
         }
-        if !json {
-            for n in &o.enforcement.notes {
-                eprintln!("taskbox: note: {n}");
-            }
+        if !json && !o.enforcement.notes.is_empty() {
+            // One write for all of them (eprintln! makes three per line).
+            let notes: String = o
+                .enforcement
+                .notes
+                .iter()
+                .map(|n| format!("taskbox: note: {n}\n"))
+                .collect();
+            let _ = std::io::stderr().write_all(notes.as_bytes());
         }
     }
     if json {
