@@ -225,6 +225,30 @@ fn a_workspace_under_tmp_is_readable_in_every_mode() {
     });
 }
 
+/// A tree the mount view shows (the host, read-only) but the profile does
+/// not grant is refused by Landlock, in every mode. With namespaces the
+/// ruleset is filled by two processes (the stage outside /proc, pid 1 in
+/// it), so this also checks that both halves are in force: the system trees
+/// and /proc stay readable, the ungranted file does not.
+#[test]
+fn what_the_profile_does_not_grant_is_unreadable_though_visible() {
+    each(|t| {
+        let r = t.sh(
+            "explore",
+            &format!(
+                "cat {}/file; head -c 5 /proc/self/status; ls /usr >/dev/null && echo USR-OK",
+                t.outside.display()
+            ),
+        );
+        r.code(0);
+        assert!(!r.stdout.contains("outside-original"), "{r:?}");
+        assert!(r.stderr.contains("Permission denied"), "{r:?}");
+        assert!(r.stdout.contains("Name:") && r.stdout.contains("USR-OK"), "{r:?}");
+        let j = r.json();
+        assert_eq!(j["outcome"]["enforcement"]["landlock"], "full", "{j}");
+    });
+}
+
 #[test]
 fn the_runner_environment_and_state_are_out_of_reach() {
     each(|t| {

@@ -141,27 +141,29 @@ pub struct LandlockReport {
     pub rights: Vec<String>,
 }
 
-/// Builds and applies the ruleset to the calling (single-threaded) process.
+/// A ruleset being filled: created (and its rights chosen) once, then
+/// rules added, possibly by two processes that share its descriptor (a
+/// fork's copy), then enforced on the calling process.
+pub struct Filling {
+    created: Option<landlock::RulesetCreated>,
+    abi: ABI,
+    abi_n: u8,
+    rights: Vec<String>,
+}
+
+/// Creates the ruleset for the kernel's highest ABI (`None`: no Landlock).
 ///
 /// `tcp`: whether TCP bind/connect stay allowed.
 ///
 /// # Errors
-/// When the ruleset cannot be built or applied.
-pub fn apply(rules: &[(PathBuf, Grant)], tcp: bool) -> Result<LandlockReport, NativeError> {
+/// When the ruleset cannot be created.
+pub fn create(tcp: bool) -> Result<Option<Filling>, NativeError> {
     let abi_n = kernel_abi();
     if abi_n == 0 {
-        return Ok(LandlockReport {
-            abi: 0,
-            level: Level::None,
-            rights: Vec::new(),
-        });
+        return Ok(None);
     }
     let abi = ABI::from(i32::from(abi_n.min(10)));
     let fs_all = AccessFs::from_all(abi);
-    let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
-    let err = |e: landlock::RulesetError| NativeError::Landlock {
-        message: e.to_string(),
-    };
     let mut rights = vec!["fs".to_owned()];
     if fs_all.contains(AccessFs::Refer) {
         rights.push("refer".into());
@@ -172,47 +174,115 @@ pub fn apply(rules: &[(PathBuf, Grant)], tcp: bool) -> Result<LandlockReport, Na
     if fs_all.contains(AccessFs::IoctlDev) {
         rights.push("ioctl-dev".into());
     }
-    let mut ruleset = Ruleset::default().handle_access(fs_all).map_err(err)?;
+    let mut ruleset = Ruleset::default().handle_access(fs_all).map_err(ll_err)?;
     let net = AccessNet::from_all(abi);
     if !tcp && !net.is_empty() {
-        ruleset = ruleset.handle_access(net).map_err(err)?;
+        ruleset = ruleset.handle_access(net).map_err(ll_err)?;
         rights.push("tcp".into());
     }
     let scopes = Scope::from_all(abi);
     if !scopes.is_empty() {
-        ruleset = ruleset.scope(scopes).map_err(err)?;
+        ruleset = ruleset.scope(scopes).map_err(ll_err)?;
         rights.push("scope-abstract-unix".into());
         rights.push("scope-signal".into());
     }
-    let mut created = ruleset.create().map_err(err)?;
-    for (path, grant) in rules {
-        let Ok(fd) = PathFd::new(path) else { continue };
-        // On the descriptor just opened: no second walk of the path.
-        let is_file = nix::sys::stat::fstat(std::os::fd::AsFd::as_fd(&fd))
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR);
-        let mut access = match grant {
-            Grant::List => BitFlags::from(AccessFs::ReadDir),
-            Grant::Read => read,
-            Grant::Write => fs_all,
-        };
-        if is_file {
-            access &= AccessFs::from_file(abi);
-        }
-        created = created
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(err)?;
-    }
-    let status = created.restrict_self().map_err(err)?;
-    let level = match status.ruleset {
-        RulesetStatus::FullyEnforced => Level::Full,
-        RulesetStatus::PartiallyEnforced => Level::Partial,
-        RulesetStatus::NotEnforced => Level::None,
-    };
-    Ok(LandlockReport {
-        abi: abi_n,
-        level,
+    Ok(Some(Filling {
+        created: Some(ruleset.create().map_err(ll_err)?),
+        abi,
+        abi_n,
         rights,
-    })
+    }))
+}
+
+fn ll_err(e: landlock::RulesetError) -> NativeError {
+    NativeError::Landlock {
+        message: e.to_string(),
+    }
+}
+
+impl Filling {
+    /// Adds the rules (a path that cannot be opened is skipped: nothing to grant).
+    ///
+    /// # Errors
+    /// When the kernel refuses a rule.
+    pub fn add(&mut self, rules: &[(PathBuf, Grant)]) -> Result<(), NativeError> {
+        let abi = self.abi;
+        let fs_all = AccessFs::from_all(abi);
+        let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
+        let mut created = self.created.take().ok_or_else(|| NativeError::Landlock {
+            message: "the ruleset failed earlier".into(),
+        })?;
+        for (path, grant) in rules {
+            let Ok(fd) = PathFd::new(path) else { continue };
+            // On the descriptor just opened: no second walk of the path.
+            let is_file = nix::sys::stat::fstat(std::os::fd::AsFd::as_fd(&fd))
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR);
+            let mut access = match grant {
+                Grant::List => BitFlags::from(AccessFs::ReadDir),
+                Grant::Read => read,
+                Grant::Write => fs_all,
+            };
+            if is_file {
+                access &= AccessFs::from_file(abi);
+            }
+            created = created
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(ll_err)?;
+        }
+        self.created = Some(created);
+        Ok(())
+    }
+
+    /// Enforces the ruleset on the calling (single-threaded) process.
+    ///
+    /// # Errors
+    /// When it cannot be enforced.
+    pub fn restrict(mut self) -> Result<LandlockReport, NativeError> {
+        let created = self.created.take().ok_or_else(|| NativeError::Landlock {
+            message: "the ruleset failed earlier".into(),
+        })?;
+        let status = created.restrict_self().map_err(ll_err)?;
+        let level = match status.ruleset {
+            RulesetStatus::FullyEnforced => Level::Full,
+            RulesetStatus::PartiallyEnforced => Level::Partial,
+            RulesetStatus::NotEnforced => Level::None,
+        };
+        Ok(LandlockReport {
+            abi: self.abi_n,
+            level,
+            rights: std::mem::take(&mut self.rights),
+        })
+    }
+}
+
+/// The report when the kernel has no Landlock.
+pub fn absent() -> LandlockReport {
+    LandlockReport {
+        abi: 0,
+        level: Level::None,
+        rights: Vec::new(),
+    }
+}
+
+/// Builds and applies the ruleset to the calling (single-threaded) process.
+///
+/// `tcp`: whether TCP bind/connect stay allowed.
+///
+/// # Errors
+/// When the ruleset cannot be built or applied.
+pub fn apply(rules: &[(PathBuf, Grant)], tcp: bool) -> Result<LandlockReport, NativeError> {
+    let Some(mut f) = create(tcp)? else {
+        return Ok(absent());
+    };
+    f.add(rules)?;
+    f.restrict()
+}
+
+/// Whether a root must wait for the task's own /proc: it lies in /proc, or
+/// /proc lies beneath it (carving it could descend into /proc).
+pub fn needs_proc(root: &Path) -> bool {
+    let r = normal(root);
+    r.starts_with("/proc") || strictly_below(Path::new("/proc"), &r)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use std::io::{Read as _, Write as _};
 use std::os::fd::{FromRawFd as _, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -321,7 +321,15 @@ fn run(
     };
     let made_tmp = tmp
         .filter(|_| without_ns)
-        .filter(|t| private_dir(t).is_ok())
+        .filter(|t| {
+            // Until the plan, the runner's death shows as end of file on the
+            // channel, and the stage then removes what it made: a death
+            // signal must not cut that short (no process of the task exists
+            // yet). Re-armed once the plan is in.
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number (0: none).
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+            private_dir(t).is_ok()
+        })
         .map(std::path::Path::to_path_buf);
     mark("prebuilt");
     let plan = match read_plan(chan) {
@@ -338,6 +346,9 @@ fn run(
         Err(e) => return Err((125, e)),
     };
     mark("plan");
+    if made_tmp.is_some() {
+        die_with_parent();
+    }
     // (An approved task runs under its recorded id, not the reserved one.)
     let tmp_made = match made_tmp {
         Some(t) if t == plan.host_tmp => true,
@@ -500,11 +511,23 @@ fn run(
     }
     match isolation {
         Isolation::Namespaces => {
+            // With the view prepared, the Landlock rules outside /proc can be
+            // added here, in parallel with pid 1 (which mounts the task's
+            // /proc, adds the rules in it and enforces the whole ruleset).
+            let shared = if ahead.view_prepared {
+                Some(setup(share_landlock(&plan))?)
+            } else {
+                None
+            };
             // SAFETY: single-threaded process; the child only makes syscalls and
             // eventually exits or execs.
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
                     die_with_parent();
+                    if let Some((filling, ready, done)) = shared {
+                        drop(done);
+                        ahead.landlock = Some(SharedLandlock { filling, ready });
+                    }
                     let code = match init(
                         chan,
                         &plan,
@@ -527,6 +550,10 @@ fn run(
                     std::process::exit(code)
                 }
                 Ok(ForkResult::Parent { child }) => {
+                    if let Some((filling, ready, done)) = shared {
+                        drop(ready);
+                        fill_outside_proc(&plan, &ahead.hidden, filling, done);
+                    }
                     release_output();
                     Ok(relay(chan, child, deadline))
                 }
@@ -867,6 +894,104 @@ struct Prepared {
     view_prepared: bool,
     /// The host tmp (Landlock-only mode) exists already.
     tmp_made: bool,
+    /// pid 1's side of a ruleset the stage fills too.
+    landlock: Option<SharedLandlock>,
+}
+
+/// A Landlock ruleset the stage and pid 1 fill together (its descriptor is
+/// shared across the fork): the stage adds the rules outside /proc and
+/// reports on `ready`; pid 1 adds those in its own /proc, waits for the
+/// report and enforces the ruleset on the command.
+struct SharedLandlock {
+    /// `None`: the kernel has no Landlock.
+    filling: Option<ll::Filling>,
+    /// The stage's report: `F` (its rules are in), or `E` and why not.
+    ready: std::os::fd::OwnedFd,
+}
+
+/// The ruleset pid 1 and the stage will share, and the report pipe
+/// (read end, write end).
+fn share_landlock(
+    plan: &NativePlan,
+) -> Result<
+    (
+        Option<ll::Filling>,
+        std::os::fd::OwnedFd,
+        std::os::fd::OwnedFd,
+    ),
+    NativeError,
+> {
+    let filling = ll::create(plan.spec.net.mode != NetMode::None)?;
+    let (ready, done) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| NativeError::Setup {
+            what: "pipe".into(),
+            source: e.into(),
+        })?;
+    Ok((filling, ready, done))
+}
+
+/// The stage's part of a shared ruleset: every granted tree outside /proc,
+/// with the deny holes carved out; then the report to pid 1.
+fn fill_outside_proc(
+    plan: &NativePlan,
+    hidden: &[PathBuf],
+    filling: Option<ll::Filling>,
+    done: std::os::fd::OwnedFd,
+) {
+    let (roots, holes) = landlock_inputs(plan, hidden, Path::new("/tmp"), Isolation::Namespaces);
+    let roots: Vec<(PathBuf, Grant)> = roots
+        .into_iter()
+        .filter(|(r, _)| !ll::needs_proc(r))
+        .collect();
+    let report = match filling {
+        None => b"F".to_vec(),
+        Some(mut f) => match f.add(&ll::carve(&roots, &holes)) {
+            Ok(()) => b"F".to_vec(),
+            Err(e) => [b"E".as_slice(), chain(&e).as_bytes()].concat(),
+        },
+    };
+    let _ = nix::unistd::write(&done, &report);
+}
+
+/// Landlock's roots (each granted tree, `{tmp}` mapped to `tmp` without
+/// namespaces) and holes (deny paths; without namespaces also the
+/// protected paths, which keep read access).
+fn landlock_inputs(
+    plan: &NativePlan,
+    hidden: &[PathBuf],
+    tmp: &Path,
+    isolation: Isolation,
+) -> (Vec<(PathBuf, Grant)>, Vec<Hole>) {
+    let spec = &plan.spec;
+    // Without a mount namespace, the profile's `{tmp}` (resolved as /tmp)
+    // and literal /tmp paths are the task's own directory on the host, never
+    // the shared /tmp; other paths that lie in /tmp (a workspace checked out
+    // there) are granted as they are.
+    let retmp = |p: &PathBuf| match (isolation, p.strip_prefix("/tmp")) {
+        (Isolation::LandlockOnly, Ok(rest)) if spec.fs.tmp.contains(p) => tmp.join(rest),
+        _ => p.clone(),
+    };
+    let mut roots: Vec<(PathBuf, Grant)> = spec
+        .fs
+        .read
+        .iter()
+        .map(|p| (retmp(p), Grant::Read))
+        .collect();
+    roots.extend(spec.fs.write.iter().map(|p| (retmp(p), Grant::Write)));
+    let mut holes: Vec<Hole> = hidden
+        .iter()
+        .map(|p| Hole {
+            path: p.clone(),
+            keep: None,
+        })
+        .collect();
+    if isolation == Isolation::LandlockOnly {
+        holes.extend(spec.fs.protect.iter().filter(|p| p.exists()).map(|p| Hole {
+            path: p.clone(),
+            keep: Some(Grant::Read),
+        }));
+    }
+    (roots, holes)
 }
 
 impl Prepared {
@@ -896,6 +1021,7 @@ impl Prepared {
             inherited,
             view_prepared: false,
             tmp_made,
+            landlock: None,
         })
     }
 }
@@ -945,6 +1071,7 @@ fn init(
         inherited,
         view_prepared,
         tmp_made,
+        landlock: shared,
     } = ahead;
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
@@ -988,36 +1115,13 @@ fn init(
             plan.host_tmp.clone()
         }
     };
-    // Without a mount namespace, the profile's `{tmp}` (resolved as /tmp)
-    // and literal /tmp paths are the task's own directory on the host, never
-    // the shared /tmp; other paths that lie in /tmp (a workspace checked out
-    // there) are granted as they are.
-    let retmp = |p: &PathBuf| match (isolation, p.strip_prefix("/tmp")) {
-        (Isolation::LandlockOnly, Ok(rest)) if spec.fs.tmp.contains(p) => tmp.join(rest),
-        _ => p.clone(),
-    };
-    let mut roots: Vec<(PathBuf, Grant)> = spec
-        .fs
-        .read
-        .iter()
-        .map(|p| (retmp(p), Grant::Read))
-        .collect();
-    roots.extend(spec.fs.write.iter().map(|p| (retmp(p), Grant::Write)));
-    let mut holes: Vec<Hole> = hidden
-        .iter()
-        .map(|p| Hole {
-            path: p.clone(),
-            keep: None,
-        })
-        .collect();
-    if isolation == Isolation::LandlockOnly {
-        holes.extend(spec.fs.protect.iter().filter(|p| p.exists()).map(|p| Hole {
-            path: p.clone(),
-            keep: Some(Grant::Read),
-        }));
-        if holes.iter().any(|h| h.keep.is_some()) {
-            notes.push("protected paths are carved out with Landlock: new files cannot be created directly in their parent directories".into());
-        }
+    let (mut roots, holes) = landlock_inputs(plan, &hidden, &tmp, isolation);
+    if holes.iter().any(|h| h.keep.is_some()) {
+        notes.push("protected paths are carved out with Landlock: new files cannot be created directly in their parent directories".into());
+    }
+    // A shared ruleset has the stage's rules outside /proc already.
+    if shared.is_some() {
+        roots.retain(|(r, _)| ll::needs_proc(r));
     }
     mark("view");
     let rules = ll::carve(&roots, &holes);
@@ -1048,11 +1152,15 @@ fn init(
     let (exe, argv, envp) =
         exec_args(plan, &tmp, proxy_port, &fds).map_err(|e| (e.exit_code(), e))?;
 
-    let mut moved = Some((notes, namespaces));
+    let mut moved = Some((notes, namespaces, shared));
     let child = spawn_command(&mut || {
-        let (notes, namespaces) = moved.take().unwrap_or_default();
+        let (notes, namespaces, shared) = moved.take().unwrap_or_default();
+        let landlock = Landlock {
+            rules: &rules,
+            shared,
+        };
         let code = match command(
-            chan, plan, &rules, &filters, attached, namespaces, notes, &exe, &argv, &envp,
+            chan, plan, landlock, &filters, attached, namespaces, notes, &exe, &argv, &envp,
         ) {
             Ok(never) => match never {},
             Err((c, e)) => {
@@ -1350,6 +1458,37 @@ fn default_signals() {
     }
 }
 
+/// The command's Landlock rules, and the ruleset the stage filled too, if so.
+struct Landlock<'a> {
+    rules: &'a [(PathBuf, Grant)],
+    shared: Option<SharedLandlock>,
+}
+
+impl Landlock<'_> {
+    /// Builds (or completes) the ruleset and enforces it on this process.
+    fn enforce(self, inet: bool) -> Result<ll::LandlockReport, NativeError> {
+        let Some(SharedLandlock { filling, ready }) = self.shared else {
+            return ll::apply(self.rules, inet);
+        };
+        let Some(mut filling) = filling else {
+            return Ok(ll::absent());
+        };
+        filling.add(self.rules)?;
+        // The stage's rules must all be in before the ruleset is enforced.
+        let mut report = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::fs::File::from(ready), &mut report);
+        match report.split_first() {
+            Some((b'F', _)) => filling.restrict(),
+            Some((b'E', why)) => Err(NativeError::Landlock {
+                message: String::from_utf8_lossy(why).into_owned(),
+            }),
+            _ => Err(NativeError::Landlock {
+                message: "the stage ended before it added its rules".into(),
+            }),
+        }
+    }
+}
+
 /// The command process: session, cwd, limits, privileges, Landlock, seccomp, exec.
 #[allow(
     clippy::too_many_arguments,
@@ -1358,7 +1497,7 @@ fn default_signals() {
 fn command(
     chan: &mut Channel,
     plan: &NativePlan,
-    rules: &[(PathBuf, Grant)],
+    landlock: Landlock<'_>,
     filters: &[seccompiler::BpfProgram],
     attached: usize,
     namespaces: Vec<String>,
@@ -1393,7 +1532,7 @@ fn command(
     setup(rlimit::no_new_privs())?;
     let inet = spec.net.mode != NetMode::None;
     mark("limits");
-    let report = setup(ll::apply(rules, inet))?;
+    let report = setup(landlock.enforce(inet))?;
     mark("landlock");
     if report.abi < spec.require.landlock_abi {
         return Err((
