@@ -93,12 +93,17 @@ fn nix_is_root() -> bool {
 }
 
 fn run_ok(mut c: Command) {
-    let st = c
+    let out = c
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
         .unwrap();
-    assert!(st.success(), "launch failed: {st}");
+    assert!(
+        out.status.success(),
+        "launch failed: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn main() {
@@ -111,6 +116,13 @@ fn main() {
         .prefix("taskbox-bench")
         .tempdir_in("/var/tmp")
         .unwrap();
+    // Searchable by all: as root the stage reaches the state dir from inside
+    // its user namespace, where a 0700 directory of uid 65534 is closed to it.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let ws = dir.path().join("ws");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&ws).unwrap();

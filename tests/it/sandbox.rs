@@ -243,7 +243,10 @@ fn what_the_profile_does_not_grant_is_unreadable_though_visible() {
         r.code(0);
         assert!(!r.stdout.contains("outside-original"), "{r:?}");
         assert!(r.stderr.contains("Permission denied"), "{r:?}");
-        assert!(r.stdout.contains("Name:") && r.stdout.contains("USR-OK"), "{r:?}");
+        assert!(
+            r.stdout.contains("Name:") && r.stdout.contains("USR-OK"),
+            "{r:?}"
+        );
         let j = r.json();
         assert_eq!(j["outcome"]["enforcement"]["landlock"], "full", "{j}");
     });

@@ -261,7 +261,16 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
                 .mode(0o700)
                 .create(d)
                 .map_err(|source| NativeError::Setup {
-                    what: format!("create {}", d.display()),
+                    what: if source.kind() == std::io::ErrorKind::PermissionDenied
+                        && nix::unistd::getuid().is_root()
+                    {
+                        format!(
+                            "create {} (root reaches the state dir from inside the task's user namespace, where directories of other users are open to it only through their permission bits. Hint: make the state dir's parents searchable by others, or set TASKBOX_STATE_DIR to a directory of root's)",
+                            d.display()
+                        )
+                    } else {
+                        format!("create {}", d.display())
+                    },
                     source,
                 })?;
         }
