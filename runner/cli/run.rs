@@ -50,11 +50,13 @@ pub fn early_stage() -> Option<(crate::sandbox::native::Stage, crate::task::Task
     let no_userns = std::env::var("TASKBOX_NO_USERNS").as_deref() == Ok("1");
     let id = crate::task::TaskId::new();
     let tmp = super::state_dir().task_tmp(&id);
-    let stage = native::Stage::fork(
+    let mut stage = native::Stage::fork(
         native::EarlyNamespaces::before_profile(no_userns),
         Some(tmp),
-    );
-    stage.ok().map(|s| (s, id))
+    )
+    .ok()?;
+    stage.prepare_cgroup(id.as_str());
+    Some((stage, id))
 }
 
 impl RunArgs {

@@ -236,6 +236,31 @@ fn a_root_task_leaves_no_pids_cgroup_behind() {
             let dir = std::path::Path::new(base).join(format!("taskbox-{task}"));
             assert!(!dir.exists(), "{m:?}: {} is left behind", dir.display());
         }
+        // The cgroup is made while the runner reads the profile: a task
+        // refused before launch, and one whose profile sets no process
+        // limit, leave none either.
+        // (A profile of its own, extending nothing: no `[limits]` at all.)
+        let unlimited = t.profile(
+            "unlimited",
+            "kind = \"explore\"\nbackend = \"native\"\n[workspace]\nmode = \"read-only\"\n\
+             [filesystem]\nread = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"/proc\", \"/dev/null\"]\n\
+             [network]\nmode = \"none\"\n[require]\nnamespaces = false\n",
+        );
+        let runs = [
+            t.taskbox(&["run", "--json", "-p", "shared-change", "--", "/bin/true"]),
+            t.sh(&unlimited, "true"),
+        ];
+        for r in &runs {
+            let task = r.json()["task"].as_str().unwrap().to_owned();
+            for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+                let dir = std::path::Path::new(base).join(format!("taskbox-{task}"));
+                assert!(
+                    !dir.exists(),
+                    "{m:?}: {} is left behind ({r:?})",
+                    dir.display()
+                );
+            }
+        }
     }
 }
 
