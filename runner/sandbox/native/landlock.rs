@@ -289,6 +289,19 @@ pub fn needs_proc(root: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// `carve` of one root around one hole, its rules sorted by path.
+    fn carve_sorted(root: PathBuf, grant: Grant, hole: PathBuf) -> Vec<(PathBuf, Grant)> {
+        let mut got = carve(
+            &[(root, grant)],
+            &[Hole {
+                path: hole,
+                keep: None,
+            }],
+        );
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        got
+    }
+
     #[test]
     fn carve_grants_siblings_not_the_hole_nor_its_ancestors_write() {
         let t = tempfile::tempdir().unwrap();
@@ -296,17 +309,8 @@ mod tests {
         std::fs::create_dir_all(root.join("a/secret")).unwrap();
         std::fs::create_dir_all(root.join("a/ok")).unwrap();
         std::fs::write(root.join("b"), "").unwrap();
-        let rules = carve(
-            &[(root.clone(), Grant::Write)],
-            &[Hole {
-                path: root.join("a/secret"),
-                keep: None,
-            }],
-        );
-        let mut got: Vec<(PathBuf, Grant)> = rules;
-        got.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(
-            got,
+            carve_sorted(root.clone(), Grant::Write, root.join("a/secret")),
             vec![
                 (root.clone(), Grant::List),
                 (root.join("a"), Grant::List),
@@ -339,18 +343,10 @@ mod tests {
         std::fs::create_dir_all(root.join("a/secret")).unwrap();
         std::fs::create_dir_all(root.join("ab")).unwrap();
         let spelled = format!("{}//a/./secret/", root.display());
-        let rules = carve(
-            &[(PathBuf::from(format!("{}/", root.display())), Grant::Read)],
-            &[Hole {
-                path: PathBuf::from(spelled),
-                keep: None,
-            }],
-        );
-        let mut got = rules;
-        got.sort_by(|x, y| x.0.cmp(&y.0));
+        let rooted = PathBuf::from(format!("{}/", root.display()));
         // `ab` shares a byte prefix with `a` but is not below it.
         assert_eq!(
-            got,
+            carve_sorted(rooted, Grant::Read, PathBuf::from(spelled)),
             vec![
                 (root.clone(), Grant::List),
                 (root.join("a"), Grant::List),
