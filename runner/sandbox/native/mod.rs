@@ -2,7 +2,8 @@
 //! namespaces, Landlock, seccomp and rlimits.
 //!
 //! The launch stage applies a pure [`NativePlan`] single-threaded (a helper
-//! thread exists only before the plan arrives) and execs the command.
+//! thread that makes the network namespace exists only until the stage
+//! joins it, before pid 1 is forked) and execs the command.
 //! `taskbox run` forks it first thing, while it is one small thread; a
 //! stage needed later is `taskbox-stage` (a small binary of its own)
 //! started with a plain spawn: a multi-threaded runner never forks. Most of

@@ -1,7 +1,8 @@
 //! Namespaces and mounts: the task's own view of the machine.
 //!
-//! Runs in the launch stage (unshare, id maps) and in the task's pid 1 (mounts,
-//! loopback, hostname), before Landlock, whose rules are tied to mounts.
+//! Runs in the launch stage (unshare, id maps, the view but /proc) and in
+//! the task's pid 1 (its /proc, hostname), before Landlock, whose rules
+//! are tied to mounts.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt as _;
