@@ -203,6 +203,24 @@ fn deny_paths_inside_proc_are_masked_in_the_tasks_own_proc() {
             assert!(!r.stdout.contains("LISTED-FS"), "{r:?}");
         }
         assert!(r.stdout.contains("Linux"), "{r:?}");
+        // A deny path outside /proc that resolves into it is masked in the
+        // task's /proc too (the mount view masks a deny path's target).
+        if t.has_ns() {
+            let link = t.ws.join("osr");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink("/proc/sys/kernel/osrelease", &link).unwrap();
+            let linked = t.profile(
+                "proclink",
+                &format!(
+                    "extends = \"{}\"\n[filesystem]\ndeny = [\"{{workspace}}/osr\"]\n",
+                    t.base()
+                ),
+            );
+            let r = t.sh(&linked, "cat /proc/sys/kernel/osrelease; echo done");
+            r.code(0);
+            assert!(!r.stdout.contains(release.trim()), "{r:?}");
+            std::fs::remove_file(&link).unwrap();
+        }
     });
 }
 

@@ -225,8 +225,18 @@ fn overmount_tmpfs(
 /// # Errors
 /// Any mount that fails: the task must not run with a partial view.
 pub fn build_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
-    prepare_view(p)?;
-    finish_view(p)
+    let later = prepare_view(p)?;
+    finish_view(p, &later)
+}
+
+/// The masks [`prepare_view`] left for [`finish_view`]: those in /proc (or
+/// that resolve there), each still to be resolved in the task's own /proc.
+/// The others are not looked at twice.
+#[derive(Debug, Default, Clone)]
+pub struct Deferred {
+    mask_dirs: Vec<PathBuf>,
+    deny: Vec<PathBuf>,
+    protect: Vec<PathBuf>,
 }
 
 /// Whether `path` lies in /proc, which [`finish_view`] mounts afresh: a
@@ -241,7 +251,7 @@ fn in_proc(path: &Path) -> bool {
 ///
 /// # Errors
 /// Any mount that fails: the task must not run with a partial view.
-pub fn prepare_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
+pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     // Nothing we mount may propagate back to the host.
     mnt(
         None,
@@ -302,7 +312,9 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
             false,
         )?;
     }
-    mask(p, false)
+    let mut later = Deferred::default();
+    mask(p, false, &mut later)?;
+    Ok(later)
 }
 
 /// The fresh /proc of the task's pid namespace, then the masks that lie
@@ -310,7 +322,7 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
 ///
 /// # Errors
 /// Any mount that fails: the task must not run with a partial view.
-pub fn finish_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
+pub fn finish_view(p: &MountPlan<'_>, later: &Deferred) -> Result<(), NativeError> {
     mnt(
         Some("proc"),
         Path::new("/proc"),
@@ -318,16 +330,28 @@ pub fn finish_view(p: &MountPlan<'_>) -> Result<(), NativeError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    mask(p, true)
+    let p = MountPlan {
+        mask_dirs: &later.mask_dirs,
+        deny: &later.deny,
+        protect: &later.protect,
+        ..*p
+    };
+    mask(&p, true, &mut Deferred::default())
 }
 
 /// Socket directories, deny paths and protected paths: those in /proc
-/// (`proc`) or those outside it.
-fn mask(p: &MountPlan<'_>, proc: bool) -> Result<(), NativeError> {
+/// (`proc`) or those outside it. Outside, what lies (or may resolve) in
+/// /proc goes to `later`.
+fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), NativeError> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let mut seen: Vec<PathBuf> = Vec::new();
     for d in p.mask_dirs {
-        let Ok(real) = std::fs::canonicalize(d) else {
+        let real = std::fs::canonicalize(d);
+        if !proc && (in_proc(d) || real.as_deref().is_ok_and(in_proc)) {
+            later.mask_dirs.push(d.clone());
+            continue;
+        }
+        let Ok(real) = real else {
             continue;
         };
         if in_proc(&real) != proc || seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
@@ -342,11 +366,18 @@ fn mask(p: &MountPlan<'_>, proc: bool) -> Result<(), NativeError> {
     let mask_file = Path::new("/tmp/.taskbox-mask");
     let mut mask_made = false;
     for d in p.deny {
+        if !proc && in_proc(d) {
+            later.deny.push(d.clone());
+            continue;
+        }
         let Ok(meta) = std::fs::symlink_metadata(d) else {
             continue;
         };
         let target = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
         if in_proc(&target) != proc {
+            if !proc {
+                later.deny.push(d.clone());
+            }
             continue;
         }
         if meta.is_dir() || target.is_dir() {
@@ -372,6 +403,10 @@ fn mask(p: &MountPlan<'_>, proc: bool) -> Result<(), NativeError> {
     // point (so it cannot be renamed away and recreated), then bind read-only.
     let mut tops: Vec<PathBuf> = Vec::new();
     for path in p.protect {
+        if !proc && in_proc(path) {
+            later.protect.push(path.clone());
+            continue;
+        }
         if in_proc(path) != proc || !path.exists() {
             continue;
         }

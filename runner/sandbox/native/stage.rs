@@ -374,12 +374,11 @@ fn run(
             setup(join_cgroup(cg))?;
             cgroup_joined = true;
         }
-        setup(ns::prepare_view(&mount_plan(
+        ahead.view_prepared = Some(setup(ns::prepare_view(&mount_plan(
             &plan,
             &ahead.hidden,
             &ahead.keep,
-        )))?;
-        ahead.view_prepared = true;
+        )))?);
         mark("view-early");
     }
     // With every namespace entered early, loopback is up already (the
@@ -514,7 +513,7 @@ fn run(
             // With the view prepared, the Landlock rules outside /proc can be
             // added here, in parallel with pid 1 (which mounts the task's
             // /proc, adds the rules in it and enforces the whole ruleset).
-            let shared = if ahead.view_prepared {
+            let shared = if ahead.view_prepared.is_some() {
                 Some(setup(share_landlock(&plan))?)
             } else {
                 None
@@ -890,8 +889,9 @@ struct Prepared {
     /// before the view hides their directories; kept open (no CLOEXEC)
     /// into the command, read-only.
     inherited: Vec<(String, std::os::fd::OwnedFd)>,
-    /// [`ns::prepare_view`] ran in the stage already: pid 1 only finishes it.
-    view_prepared: bool,
+    /// [`ns::prepare_view`] ran in the stage already (what it left for pid 1
+    /// to finish).
+    view_prepared: Option<ns::Deferred>,
     /// The host tmp (Landlock-only mode) exists already.
     tmp_made: bool,
     /// pid 1's side of a ruleset the stage fills too.
@@ -1019,7 +1019,7 @@ impl Prepared {
             hidden,
             keep,
             inherited,
-            view_prepared: false,
+            view_prepared: None,
             tmp_made,
             landlock: None,
         })
@@ -1077,10 +1077,9 @@ fn init(
     let mut proxy_port = None;
     if isolation == Isolation::Namespaces {
         let mounts = mount_plan(plan, &hidden, &keep);
-        setup(if view_prepared {
-            ns::finish_view(&mounts)
-        } else {
-            ns::build_view(&mounts)
+        setup(match &view_prepared {
+            Some(later) => ns::finish_view(&mounts, later),
+            None => ns::build_view(&mounts),
         })?;
         if spec.net.mode != NetMode::Host && !loopback_up {
             setup(ns::loopback_up())?;
