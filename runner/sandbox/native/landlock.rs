@@ -146,9 +146,13 @@ pub struct LandlockReport {
 /// fork's copy), then enforced on the calling process.
 pub struct Filling {
     created: Option<landlock::RulesetCreated>,
-    abi: ABI,
     abi_n: u8,
     rights: Vec<String>,
+}
+
+/// The crate's ABI for the kernel's version number.
+fn abi_of(n: u8) -> ABI {
+    ABI::from(i32::from(n.min(10)))
 }
 
 /// Creates the ruleset for the kernel's highest ABI (`None`: no Landlock).
@@ -162,7 +166,7 @@ pub fn create(tcp: bool) -> Result<Option<Filling>, NativeError> {
     if abi_n == 0 {
         return Ok(None);
     }
-    let abi = ABI::from(i32::from(abi_n.min(10)));
+    let abi = abi_of(abi_n);
     let fs_all = AccessFs::from_all(abi);
     let mut rights = vec!["fs".to_owned()];
     if fs_all.contains(AccessFs::Refer) {
@@ -188,7 +192,6 @@ pub fn create(tcp: bool) -> Result<Option<Filling>, NativeError> {
     }
     Ok(Some(Filling {
         created: Some(ruleset.create().map_err(ll_err)?),
-        abi,
         abi_n,
         rights,
     }))
@@ -206,7 +209,7 @@ impl Filling {
     /// # Errors
     /// When the kernel refuses a rule.
     pub fn add(&mut self, rules: &[(PathBuf, Grant)]) -> Result<(), NativeError> {
-        let abi = self.abi;
+        let abi = abi_of(self.abi_n);
         let fs_all = AccessFs::from_all(abi);
         let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
         let mut created = self.created.take().ok_or_else(|| NativeError::Landlock {

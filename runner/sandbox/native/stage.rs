@@ -319,17 +319,17 @@ fn run(
         Some(Err(NativeError::Namespaces { .. })) => true,
         Some(_) => false,
     };
+    let tmp = tmp.filter(|_| without_ns);
+    if tmp.is_some() {
+        // Until the plan, the runner's death shows as end of file on the
+        // channel, and the stage then removes what it made: a death signal
+        // must not cut that short (no process of the task exists yet).
+        // Re-armed once the plan is in.
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number (0: none).
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    }
     let made_tmp = tmp
-        .filter(|_| without_ns)
-        .filter(|t| {
-            // Until the plan, the runner's death shows as end of file on the
-            // channel, and the stage then removes what it made: a death
-            // signal must not cut that short (no process of the task exists
-            // yet). Re-armed once the plan is in.
-            // SAFETY: PR_SET_PDEATHSIG takes a signal number (0: none).
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
-            private_dir(t).is_ok()
-        })
+        .filter(|t| private_dir(t).is_ok())
         .map(std::path::Path::to_path_buf);
     mark("prebuilt");
     let plan = match read_plan(chan) {
@@ -346,7 +346,7 @@ fn run(
         Err(e) => return Err((125, e)),
     };
     mark("plan");
-    if made_tmp.is_some() {
+    if tmp.is_some() {
         die_with_parent();
     }
     // (An approved task runs under its recorded id, not the reserved one.)
