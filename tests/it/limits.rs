@@ -55,6 +55,51 @@ fn a_double_forked_daemon_does_not_outlive_the_task() {
     }
 }
 
+/// Whether a process named `comm` exists, a zombie included (its
+/// `/proc/PID` stays until it is reaped; its cmdline empties before that).
+fn comm_exists(comm: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == comm))
+}
+
+#[test]
+fn nothing_of_the_task_is_left_the_moment_taskbox_returns() {
+    // A daemon with 300 MiB of touched memory takes milliseconds to die of
+    // SIGKILL: a runner that reported the end before every process of the
+    // task was reaped would return while it is still there. (Its output
+    // goes elsewhere: the runner waits for the task's output to close.)
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let name = format!("tbd{}{}", std::process::id() % 100_000, m as u8);
+        let daemon = t.ws.join("daemon.py");
+        std::fs::write(
+            &daemon,
+            format!(
+                "import ctypes, os, time\nctypes.CDLL(None).prctl(15, b'{name}')\nb = bytearray(300 << 20)\nopen(os.environ.get('TMPDIR', '/tmp') + '/ready', 'w').close()\ntime.sleep(60)\n"
+            ),
+        )
+        .unwrap();
+        t.own(&daemon);
+        let p = t.profile(
+            "short",
+            &format!("extends = \"{}\"\n[limits]\nwall = \"20s\"\n", t.base()),
+        );
+        let r = t.sh(
+            &p,
+            "setsid /usr/bin/python3 daemon.py </dev/null >/dev/null 2>&1 & while [ ! -e \"${TMPDIR:-/tmp}/ready\" ]; do sleep 0.01; done; echo started",
+        );
+        let gone = !comm_exists(&name);
+        r.code(0);
+        assert!(r.stdout.contains("started"), "{m:?}: {r:?}");
+        assert!(
+            gone,
+            "{m:?}: a process of the task was still there when taskbox returned"
+        );
+    }
+}
+
 #[test]
 fn fork_bomb_is_contained() {
     for m in Mode::ALL {
