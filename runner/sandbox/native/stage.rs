@@ -554,6 +554,12 @@ fn run(
                         fill_outside_proc(&plan, &ahead.hidden, filling, done);
                     }
                     release_output();
+                    // Every process of the task descends from pid 1, in the
+                    // cgroup already: pid 1 removes it at the end, once
+                    // it is the last one in it.
+                    if plan.cgroup.is_some() {
+                        move_out_of_cgroup();
+                    }
                     Ok(relay(chan, child, deadline, pid1_reports_done(&plan)))
                 }
                 Err(e) => Err((
@@ -677,29 +683,38 @@ fn cgroup_exit(dir: &std::path::Path, v1: bool) -> Option<CgroupExit> {
     })
 }
 
-/// Once no process of the task is left: moves this stage back to the
-/// cgroup it came from and removes the task's, so the runner need not
-/// wait for the stage's own exit (its namespaces' teardown, 1-2 ms) to
-/// remove it. `false` if it could not (the runner then does).
+/// Once no process of the task is left: moves this process (the stage,
+/// or pid 1 at its end) back to the cgroup the stage came from and removes
+/// the task's, so the runner need not wait for the stage's own exit (its
+/// namespaces' teardown, 1-2 ms) to remove it. `false` if it could not
+/// (the runner then does).
 fn leave_cgroup() -> bool {
-    use nix::fcntl::OFlag;
     let Some(exit) = CGROUP.get() else {
         return false;
     };
-    let moved_back = nix::fcntl::openat(
-        &exit.root,
-        &exit.origin,
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .is_ok_and(|fd| std::io::Write::write_all(&mut std::fs::File::from(fd), b"0").is_ok());
-    moved_back
+    move_out_of_cgroup()
         && nix::unistd::unlinkat(
             &exit.root,
             &exit.name,
             nix::unistd::UnlinkatFlags::RemoveDir,
         )
         .is_ok()
+}
+
+/// Moves this (single-threaded) process back to the cgroup the stage came
+/// from; false if it cannot.
+fn move_out_of_cgroup() -> bool {
+    use nix::fcntl::OFlag;
+    let Some(exit) = CGROUP.get() else {
+        return false;
+    };
+    nix::fcntl::openat(
+        &exit.root,
+        &exit.origin,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .is_ok_and(|fd| std::io::Write::write_all(&mut std::fs::File::from(fd), b"0").is_ok())
 }
 
 fn die_with_parent() {
@@ -810,10 +825,10 @@ fn relay(chan: &mut Channel, init: Pid, deadline: Option<Instant>, init_reports_
 /// Whether pid 1 tells the runner the task is over (`Done`) itself, once
 /// it has reaped every other process of the pid namespace: the runner then
 /// need not wait for pid 1's exit to reach the stage (a hand-off of ~0.2
-/// ms here). Not with a pids cgroup, which only the stage can remove (pid
-/// 1 is still in it).
+/// ms here). With a pids cgroup, only if pid 1 can leave and remove it:
+/// the stage moves itself out once pid 1 runs (see [`leave_cgroup`]).
 fn pid1_reports_done(plan: &NativePlan) -> bool {
-    plan.cgroup.is_none()
+    plan.cgroup.is_none() || CGROUP.get().is_some()
 }
 
 /// pid 1's last step: SIGKILL to every other process of its pid namespace
