@@ -641,6 +641,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
     // directories itself): none of it is on the launch's path.
     let dir = state.task_dir(&task);
     if overlay {
+        state.ensure_tasks_dir()?;
         plan.overlay = Some(native::OverlayDirs {
             upper: dir.upper(),
             work: dir.work(),

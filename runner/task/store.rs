@@ -146,6 +146,24 @@ impl StateDir {
         }
     }
 
+    /// Makes the directory the tasks live in (and the state dir), private
+    /// to the user. The runner does it before it sends an overlay task's
+    /// plan: the stage makes that task's directories from inside its user
+    /// namespace, where root cannot create the state dir under a parent
+    /// that belongs to another user.
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn ensure_tasks_dir(&self) -> Result<(), TaskError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let p = self.root().join("tasks");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)
+            .map_err(|source| TaskError::Io { path: p, source })
+    }
+
     /// Creates a task's directory (and overlay directories when asked).
     ///
     /// # Errors

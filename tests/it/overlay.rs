@@ -160,3 +160,42 @@ fn overlay_without_namespaces_is_refused_not_written_in_place() {
     );
     assert!(!t.ws.join("leaked.txt").exists());
 }
+
+#[test]
+fn root_makes_a_fresh_state_dir_under_another_users_directory() {
+    // As root the stage makes the overlay's directories from inside its
+    // user namespace, where it cannot create the state dir itself in a
+    // directory of another user's: the runner must have made it first
+    // (they raced; the stage won about 1 launch in 4).
+    if !nix::unistd::getuid().is_root() {
+        eprintln!(
+            "SKIPPED root_makes_a_fresh_state_dir...: the case is root's; this run is not root"
+        );
+        return;
+    }
+    let base = tempfile::tempdir_in("/var/tmp").unwrap();
+    let ws = base.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    for p in [base.path(), ws.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    for i in 0..20 {
+        let state = base.path().join(format!("state{i}"));
+        let out = std::process::Command::new(crate::support::taskbox_bin())
+            .args(["run", "-p", "explore", "--", "/bin/true"])
+            .current_dir(&ws)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", base.path())
+            .env("TASKBOX_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "launch {i}, fresh state dir: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
