@@ -138,6 +138,19 @@ impl TaskDir {
     }
 }
 
+/// Makes `p` and its missing parents, accessible to the user only.
+fn private_dir(p: &Path) -> Result<(), TaskError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(|source| TaskError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+}
+
 impl StateDir {
     /// Where a task's files live.
     pub fn task_dir(&self, id: &TaskId) -> TaskDir {
@@ -155,13 +168,7 @@ impl StateDir {
     /// # Errors
     /// When the directory cannot be created.
     pub fn ensure_tasks_dir(&self) -> Result<(), TaskError> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let p = self.root().join("tasks");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&p)
-            .map_err(|source| TaskError::Io { path: p, source })
+        private_dir(&self.root().join("tasks"))
     }
 
     /// Creates a task's directory (and overlay directories when asked).
@@ -169,22 +176,11 @@ impl StateDir {
     /// # Errors
     /// When the directories cannot be created.
     pub fn create_task(&self, id: &TaskId, overlay: bool) -> Result<TaskDir, TaskError> {
-        use std::os::unix::fs::DirBuilderExt as _;
         let dir = self.task_dir(id);
-        let mk = |p: &Path| {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(p)
-                .map_err(|source| TaskError::Io {
-                    path: p.to_path_buf(),
-                    source,
-                })
-        };
-        mk(dir.root())?;
+        private_dir(dir.root())?;
         if overlay {
-            mk(&dir.upper())?;
-            mk(&dir.work())?;
+            private_dir(&dir.upper())?;
+            private_dir(&dir.work())?;
         }
         Ok(dir)
     }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Mode, TestBox, process_alive};
+use crate::support::{Mode, TestBox, comm_exists, process_alive};
 
 fn tight(t: &TestBox) -> String {
     t.profile(
@@ -53,15 +53,6 @@ fn a_double_forked_daemon_does_not_outlive_the_task() {
             "{m:?}: the daemon outlived the task"
         );
     }
-}
-
-/// Whether a process named `comm` exists, a zombie included (its
-/// `/proc/PID` stays until it is reaped; its cmdline empties before that).
-fn comm_exists(comm: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == comm))
 }
 
 #[test]

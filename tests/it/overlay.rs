@@ -3,7 +3,7 @@
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
-use crate::support::{Mode, TestBox};
+use crate::support::{Mode, NOBODY, TestBox};
 
 /// Every file under `root` with its bytes and mode, for byte-for-byte comparison.
 fn snapshot(root: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
@@ -178,7 +178,7 @@ fn root_makes_a_fresh_state_dir_under_another_users_directory() {
     std::fs::create_dir(&ws).unwrap();
     for p in [base.path(), ws.as_path()] {
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     for i in 0..20 {
         let state = base.path().join(format!("state{i}"));

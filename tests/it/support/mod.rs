@@ -328,6 +328,15 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Whether a process named `comm` exists, a zombie included (its
+/// `/proc/PID` stays until it is reaped; its cmdline empties before that).
+pub fn comm_exists(comm: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == comm))
+}
+
 /// Whether a process with `marker` in its command line is alive on the host.
 pub fn process_alive(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
