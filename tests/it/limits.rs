@@ -342,3 +342,92 @@ fn the_host_tmp_of_a_task_without_namespaces_is_private_and_removed() {
         assert_eq!(left(), 0, "{m:?}: a refused task left a host tmp behind");
     }
 }
+
+/// The `Cpus_allowed_list` lines a task prints: its command's, a child's
+/// and (with a pid namespace) its pid 1's, which narrows for a moment at
+/// the start: `sleep` lets it widen first.
+fn task_cpus(t: &TestBox, mut c: std::process::Command) -> Vec<String> {
+    let script = if t.has_ns() {
+        "grep Cpus_allowed_list /proc/self/status; sh -c 'grep Cpus_allowed_list /proc/self/status'; sleep 0.2; grep Cpus_allowed_list /proc/1/status"
+    } else {
+        "grep Cpus_allowed_list /proc/self/status; sh -c 'grep Cpus_allowed_list /proc/self/status'"
+    };
+    c.args(["--", "/bin/sh", "-c", script]);
+    let r = crate::support::run(c);
+    r.code(0);
+    let lines: Vec<String> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert_eq!(lines.len(), if t.has_ns() { 3 } else { 2 }, "{r:?}");
+    lines
+}
+
+/// A CPU list as the kernel prints it (`0-3,6`).
+fn cpu_list(set: &nix::sched::CpuSet) -> String {
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+#[test]
+fn every_process_of_the_task_keeps_exactly_the_cpus_of_its_caller() {
+    // The launch moves the stage and pid 1 off their creator's CPU for a
+    // moment (see runner/sandbox/native/cpu.rs): the command, its children
+    // and pid 1 must end with the caller's set, neither narrower (a build
+    // on one CPU) nor wider (a `taskset` undone).
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+    let mine = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let all: Vec<usize> = (0..CpuSet::count())
+        .filter(|c| mine.is_set(*c).unwrap_or(false))
+        .collect();
+    if all.len() < 2 {
+        eprintln!(
+            "SKIP (in part): this machine gives the test one CPU, so the launch never moves anything; only the set's passing through is checked"
+        );
+    }
+    // A narrower caller: all but the first CPU (one CPU on a 2-CPU machine).
+    let mut narrow = CpuSet::new();
+    for c in all.iter().skip(usize::from(all.len() > 1)) {
+        narrow.set(*c).unwrap();
+    }
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let p = t.explore();
+        let got = task_cpus(&t, t.cmd(&["run", "-p", &p]));
+        for g in &got {
+            assert_eq!(*g, cpu_list(&mine), "{m:?}: {got:?}");
+        }
+        let mut c = t.cmd(&["run", "-p", &p]);
+        // SAFETY: sched_setaffinity is async-signal-safe; `narrow` is a
+        // copy owned by the closure.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                nix::sched::sched_setaffinity(Pid::from_raw(0), &narrow)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let got = task_cpus(&t, c);
+        for g in &got {
+            assert_eq!(*g, cpu_list(&narrow), "{m:?}, a narrower caller: {got:?}");
+        }
+    }
+}

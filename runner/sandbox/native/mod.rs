@@ -11,6 +11,7 @@
 //! leaves; the rest is WASM artifact loading, one `getxattr` in the
 //! changeset reader and `getrandom` for task ids.
 
+mod cpu;
 mod landlock;
 mod ns;
 mod plan;
@@ -64,7 +65,7 @@ pub fn stage_entry(mut args: impl Iterator<Item = String>) -> ! {
         std::process::exit(125);
     };
     let early = EarlyNamespaces::parse(&args.next().unwrap_or_default());
-    stage_main(fd, pass, early, None)
+    stage_main(fd, pass, early, None, None)
 }
 
 /// Why a native launch failed.

@@ -172,6 +172,7 @@ impl Stage {
         };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
+        let spread = super::cpu::Spread::here();
         // SAFETY: this process has one thread (checked above), so the child
         // is a complete copy in which no lock is held; it never returns
         // here: `stage::main` ends in exit.
@@ -187,24 +188,31 @@ impl Stage {
                 // first, and never returns. A panic (an unwinding build)
                 // must not unwind into the runner's frames copied here.
                 let _ = std::panic::catch_unwind(move || {
-                    super::stage_main(fd, pass, early, tmp.as_deref())
+                    super::stage_main(fd, pass, early, tmp.as_deref(), spread)
                 });
                 // SAFETY: _exit ends this child without running anything of the runner's.
                 unsafe { libc::_exit(125) }
             }
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Self {
-                parts: Some((
-                    StageProc {
-                        pid: child.as_raw().unsigned_abs(),
-                        stdout: Some(File::from(out_r)),
-                        stderr: Some(File::from(err_r)),
-                    },
-                    ours,
-                    pass_ours,
-                )),
-                early,
-                cgroup: None,
-            }),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                // The stage's work until the plan overlaps with ours only
+                // on another CPU; it takes ours back when the plan is in.
+                if let Some(s) = spread {
+                    s.away(child.as_raw());
+                }
+                Ok(Self {
+                    parts: Some((
+                        StageProc {
+                            pid: child.as_raw().unsigned_abs(),
+                            stdout: Some(File::from(out_r)),
+                            stderr: Some(File::from(err_r)),
+                        },
+                        ours,
+                        pass_ours,
+                    )),
+                    early,
+                    cgroup: None,
+                })
+            }
             Err(e) => Err(setup("fork the launch stage", e.into())),
         }
     }

@@ -70,6 +70,18 @@ pub enum StageMsg {
 }
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+/// The runner's CPUs, when it moved this stage off its own (see `cpu`).
+static SPREAD: std::sync::OnceLock<super::cpu::Spread> = std::sync::OnceLock::new();
+
+/// Back on every CPU the runner has: the stage, once the plan is in (sent
+/// after the runner moved it); the command, once the stage has reported its
+/// Landlock rules in (sent after it moved pid 1); pid 1 once the command
+/// exec'd (after that report).
+fn restore_cpus() {
+    if let Some(s) = SPREAD.get() {
+        s.restore();
+    }
+}
 /// Carries descriptors (the proxy listener) to the runner.
 static PASS: std::sync::OnceLock<UnixStream> = std::sync::OnceLock::new();
 
@@ -177,8 +189,12 @@ pub fn main(
     pass_fd: RawFd,
     early: super::plan::EarlyNamespaces,
     tmp: Option<&std::path::Path>,
+    spread: Option<super::cpu::Spread>,
 ) -> ! {
     close_inherited(&[fd, pass_fd]);
+    if let Some(s) = spread {
+        let _ = SPREAD.set(s);
+    }
     // SAFETY: the runner passed this descriptor number for our exclusive use.
     let pass = unsafe { UnixStream::from_raw_fd(pass_fd) };
     let _ = nix::fcntl::fcntl(
@@ -346,6 +362,7 @@ fn run(
         Err(e) => return Err((125, e)),
     };
     mark("plan");
+    restore_cpus();
     if tmp.is_some() {
         die_with_parent();
     }
@@ -551,6 +568,14 @@ fn run(
                 Ok(ForkResult::Parent { child }) => {
                     if let Some((filling, ready, done)) = shared {
                         drop(ready);
+                        // pid 1 mounts /proc while we fill the ruleset:
+                        // on another CPU (until our report, see
+                        // `restore_cpus`).
+                        if filling.is_some()
+                            && let Some(s) = SPREAD.get()
+                        {
+                            s.away(child.as_raw());
+                        }
                         fill_outside_proc(&plan, &ahead.hidden, filling, done);
                     }
                     release_output();
@@ -1224,6 +1249,7 @@ fn init(
             },
         )
     })?;
+    restore_cpus();
     release_output();
     let set = handled();
     let mut status: Option<Exit> = None;
@@ -1520,6 +1546,7 @@ impl Landlock<'_> {
         // The stage's rules must all be in before the ruleset is enforced.
         let mut report = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::fs::File::from(ready), &mut report);
+        restore_cpus();
         match report.split_first() {
             Some((b'F', _)) => filling.restrict(),
             Some((b'E', why)) => Err(NativeError::Landlock {
