@@ -1,9 +1,8 @@
 //! The native backend: Linux processes under user/mount/pid/net/ipc/uts
 //! namespaces, Landlock, seccomp and rlimits.
 //!
-//! The launch stage applies a pure [`NativePlan`] single-threaded (a helper
-//! thread that makes the network namespace exists only until the stage
-//! joins it, before pid 1 is forked) and execs the command.
+//! The launch stage applies a pure [`NativePlan`] single-threaded and
+//! execs the command.
 //! `taskbox run` forks it first thing, while it is one small thread; a
 //! stage needed later is `taskbox-stage` (a small binary of its own)
 //! started with a plain spawn: a multi-threaded runner never forks. Most of

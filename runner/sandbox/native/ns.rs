@@ -50,80 +50,22 @@ fn map_ids(uid: u32, gid: u32) -> Result<(), NativeError> {
     Ok(())
 }
 
-/// Namespaces entered ahead of the plan, the network one still being made
-/// on a thread of its own: its creation is most of the cost (about 0.4 ms
-/// of the 0.6), and on a second CPU it overlaps with the id maps and the
-/// rest of the stage's preparation.
-pub struct Entered {
-    net: Option<std::thread::JoinHandle<Result<std::os::fd::OwnedFd, NativeError>>>,
-}
-
-impl Entered {
-    /// Joins the network namespace the thread made (with loopback up);
-    /// after this the stage is single-threaded again.
-    ///
-    /// # Errors
-    /// When the thread could not make it, or joining it fails.
-    pub fn finish(self) -> Result<(), NativeError> {
-        let Some(t) = self.net else {
-            return Ok(());
-        };
-        let fd = t.join().map_err(|_| NativeError::Setup {
-            what: "network namespace thread".into(),
-            source: std::io::Error::other("panicked"),
-        })??;
-        nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| NativeError::Setup {
-            what: "join the network namespace".into(),
-            source: e.into(),
-        })?;
-        // A process whose children go to another pid namespace cannot
-        // start threads, so the pid namespace comes last.
-        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| NativeError::Setup {
-            what: "enter a new pid namespace".into(),
-            source: e.into(),
-        })
-    }
-}
-
-/// [`enter`], with the network namespace made on a thread (see [`Entered`]).
+/// [`enter`] ahead of the plan, with loopback up in the network namespace.
+/// All in one `unshare` on the stage's own CPU (it runs beside the runner,
+/// see `cpu`): a thread that made the network namespace meanwhile was 0.23
+/// ms slower per launch, because the kernel does not preempt that 0.6 ms of
+/// work and the plan's arrival found both CPUs busy.
 ///
 /// # Errors
-/// [`NativeError::Namespaces`] when user namespaces are unavailable (then
-/// nothing was entered); any other error comes after the first namespaces
-/// were entered, so the stage cannot fall back to running without them.
-pub fn enter_early(uid: u32, gid: u32, net: bool) -> Result<Entered, NativeError> {
-    if !net {
-        enter(uid, gid, false)?;
-        return Ok(Entered { net: None });
+/// [`NativeError::Namespaces`] when the namespaces are unavailable (then
+/// nothing was entered); any other error comes after they were entered, so
+/// the stage cannot fall back to running without them.
+pub fn enter_early(uid: u32, gid: u32, net: bool) -> Result<(), NativeError> {
+    enter(uid, gid, net)?;
+    if net {
+        loopback_up()?;
     }
-    unshare(
-        CloneFlags::CLONE_NEWUSER
-            | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS,
-    )
-    .map_err(|e| NativeError::Namespaces { errno: e })?;
-    let t = std::thread::Builder::new()
-        .stack_size(256 * 1024)
-        .spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NativeError::Setup {
-                what: "enter a new network namespace".into(),
-                source: e.into(),
-            })?;
-            loopback_up()?;
-            std::fs::File::open("/proc/thread-self/ns/net")
-                .map(std::os::fd::OwnedFd::from)
-                .map_err(|source| NativeError::Setup {
-                    what: "open the new network namespace".into(),
-                    source,
-                })
-        })
-        .map_err(|source| NativeError::Setup {
-            what: "network namespace thread".into(),
-            source,
-        })?;
-    map_ids(uid, gid)?;
-    Ok(Entered { net: Some(t) })
+    Ok(())
 }
 
 fn mnt(

@@ -379,8 +379,7 @@ fn run(
     let mut ahead = Prepared::of(&plan, tmp_made)?;
     // The mount view needs the mount namespace only, not the pid one: with
     // the namespaces entered early and a plan that runs in them, it is
-    // built now, while the thread still makes the network namespace (0.4-1.5
-    // ms of kernel work here). pid 1 mounts its /proc afterwards. The pids
+    // built now, by the stage. pid 1 mounts its /proc afterwards. The pids
     // cgroup is joined first: its files are read-only once the view is.
     let mut cgroup_joined = false;
     if matches!(entered, Some(Ok(_)))
@@ -398,10 +397,9 @@ fn run(
         )))?);
         mark("view-early");
     }
-    // With every namespace entered early, loopback is up already (the
-    // network namespace's thread did it).
+    // With every namespace entered early, loopback is up already.
     let loopback_up = early == EarlyNamespaces::All;
-    let entered = match entered.map(|e| e.and_then(ns::Entered::finish)) {
+    let entered = match entered {
         // Past the first unshare: half entered, whatever the plan says,
         // there is no way back.
         Some(Err(e @ NativeError::Setup { .. })) => return Err((125, e)),
