@@ -307,6 +307,10 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
     // removed afterwards.
     let mask_file = Path::new("/tmp/.taskbox-mask");
     let mut mask_made = false;
+    // Directories masked so far: what lies beneath one is unreachable
+    // already (a mode-000 tmpfs), and a path listed twice (the state dir
+    // is a built-in deny path and hidden by the runner too) is masked once.
+    let mut masked: Vec<PathBuf> = Vec::new();
     for d in p.deny {
         if !proc && in_proc(d) {
             later.deny.push(d.clone());
@@ -322,6 +326,9 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
             }
             continue;
         }
+        if masked.iter().any(|m| target.starts_with(m)) {
+            continue;
+        }
         if meta.is_dir() || target.is_dir() {
             mnt(
                 Some("tmpfs"),
@@ -330,6 +337,7 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
                 hard | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
                 Some("mode=000,size=4k"),
             )?;
+            masked.push(target);
         } else {
             if !mask_made {
                 make_mask_file(mask_file)?;
