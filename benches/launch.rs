@@ -30,19 +30,6 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-fn time(n: usize, mut f: impl FnMut()) -> Stats {
-    for _ in 0..n / 10 {
-        f(); // warm-up
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f();
-        v.push(t.elapsed());
-    }
-    stats(v)
-}
-
 /// A named launch: how to build its command.
 type Case<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
 
@@ -63,6 +50,17 @@ fn interleaved(n: usize, cases: &[Case<'_>]) -> Vec<Stats> {
         }
     }
     v.into_iter().map(stats).collect()
+}
+
+/// The `--json` summary: the last non-empty line of a run's stdout.
+fn last_json(stdout: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(
+        stdout
+            .rsplit(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -257,9 +255,10 @@ fn main() {
     snapshot_bench(bin, dir.path(), n);
 }
 
-/// Overlay snapshot on a generated 50,000-file workspace: launch cost against
-/// the small workspace (should not grow), `cp -a` of the same tree, and
-/// changeset extraction after 10 changed files.
+/// Overlay snapshot on a generated 50,000-file workspace: the snapshot's own
+/// cost (the stage's phases around the overlay mount) and the whole launch,
+/// each against an empty workspace in the same rounds (neither should grow),
+/// `cp -a` of the same tree, and changeset extraction after 10 changed files.
 fn snapshot_bench(bin: &Path, base: &Path, n: usize) {
     let big = base.join("big");
     for d in 0..500 {
@@ -269,22 +268,64 @@ fn snapshot_bench(bin: &Path, base: &Path, n: usize) {
             std::fs::write(dir.join(format!("f{f:03}.txt")), format!("file {d} {f}\n")).unwrap();
         }
     }
+    let empty = base.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
     let state = base.join("state-big");
-    let tb = |script: &str| {
+    let tb_in = |ws: &Path, script: &str| {
         let mut c = Command::new(bin);
         c.args(["run", "--json", "--", "/bin/sh", "-c", script])
-            .current_dir(&big)
+            .current_dir(ws)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", base)
             .env("TASKBOX_STATE_DIR", &state);
         c
     };
-    let launch = time(n / 3, || run_ok(tb("true")));
+    let tb = |script: &str| tb_in(&big, script);
+    // One launch: its wall time and the snapshot's phase (from --json).
+    let launch = |ws: &Path| {
+        let t = Instant::now();
+        let out = tb_in(ws, "true").output().unwrap();
+        let wall = t.elapsed();
+        assert!(out.status.success(), "{out:?}");
+        let v = last_json(&out.stdout);
+        let phase = |name: &str| {
+            v["outcome"]["timings"]["stage"]
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p[0] == name))
+                .and_then(|p| p[1].as_u64())
+        };
+        let snap = phase("snapshot")
+            .zip(phase("snapshot-start"))
+            .map(|(end, start)| Duration::from_micros(end.saturating_sub(start)))
+            .expect("the stage reports the snapshot's phases");
+        (wall, snap)
+    };
+    let (mut walls, mut snaps) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let rounds = n / 3;
+    for round in 0..rounds + rounds / 10 {
+        for (i, ws) in [&empty, &big].into_iter().enumerate() {
+            let (w, s) = launch(ws);
+            if round >= rounds / 10 {
+                walls[i].push(w);
+                snaps[i].push(s);
+            }
+        }
+    }
+    let [wall_empty, wall_big] = walls.map(stats);
+    let [snap_empty, snap_big] = snaps.map(stats);
     println!(
-        "50,000-file workspace, taskbox run -p explore: median {:.3} ms, p99 {:.3} ms",
-        ms(launch.median),
-        ms(launch.p99)
+        "snapshot (the overlay's upper/work dirs and mount, stage phases): 50,000-file workspace median {:.3} ms, p99 {:.3} ms; empty workspace median {:.3} ms, same rounds",
+        ms(snap_big.median),
+        ms(snap_big.p99),
+        ms(snap_empty.median)
+    );
+    println!(
+        "whole launch, taskbox run -p explore -- sh -c true: 50,000-file workspace median {:.3} ms, p99 {:.3} ms; empty workspace median {:.3} ms ({:+.3} ms)",
+        ms(wall_big.median),
+        ms(wall_big.p99),
+        ms(wall_empty.median),
+        ms(wall_big.median) - ms(wall_empty.median)
     );
     let t = Instant::now();
     run_ok({
@@ -298,13 +339,7 @@ fn snapshot_bench(bin: &Path, base: &Path, n: usize) {
         let out = tb("for i in 0 1 2 3 4 5 6 7 8 9; do echo changed >> d00$i/f000.txt; done")
             .output()
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(
-            out.stdout
-                .rsplit(|b| *b == b'\n')
-                .find(|l| !l.is_empty())
-                .unwrap(),
-        )
-        .unwrap();
+        let v = last_json(&out.stdout);
         assert_eq!(
             v["changeset"]["changes"].as_array().map(Vec::len),
             Some(10),

@@ -205,6 +205,9 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     // The overlay goes first: its upper directory (in the task store) is
     // about to become read-only like everything else outside the writable trees.
     if let Some((upper, work)) = p.overlay {
+        // The snapshot: from here to the overlay's mount (the launch
+        // benchmark reads these two phases).
+        super::stage::mark("snapshot-start");
         // The task store's directories for this task: made here, off the
         // runner's path, private to the user.
         for d in [upper, work] {
@@ -241,6 +244,7 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
             MsFlags::empty(),
             Some(&opts),
         )?;
+        super::stage::mark("snapshot");
     }
     read_only_root(p.write)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;

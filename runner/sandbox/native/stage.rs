@@ -116,8 +116,9 @@ fn proxy_listener() -> Result<u16, NativeError> {
 }
 static PHASES: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
 
-/// Records the end of a setup phase (single-threaded: fork copies the list).
-fn mark(phase: &str) {
+/// Records the end of a setup phase (single-threaded: fork copies the
+/// list); the phases reach the runner with `Started` (`--json` timings).
+pub(super) fn mark(phase: &str) {
     let us = START.get_or_init(Instant::now).elapsed().as_micros();
     if let Ok(mut p) = PHASES.lock() {
         p.push((phase.to_owned(), u64::try_from(us).unwrap_or(u64::MAX)));
