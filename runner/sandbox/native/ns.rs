@@ -120,6 +120,16 @@ fn overmount_tmpfs(
             held.push((k.clone(), fd));
         }
     }
+    // With nothing to bind back in, read-only from the start: one mount
+    // instead of a mount and a remount.
+    if held.is_empty() {
+        let flags = if read_only {
+            base | MsFlags::MS_RDONLY
+        } else {
+            base
+        };
+        return mnt(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data));
+    }
     mnt(Some("tmpfs"), target, Some("tmpfs"), base, Some(data))?;
     for (path, fd) in &held {
         let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
