@@ -495,9 +495,13 @@ fn host_unix_socket_under_run_is_unreachable() {
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         l.set_nonblocking(true).unwrap();
         t.own(&rt);
+        // Also a write into the mask: the empty tmpfs is read-only (EROFS,
+        // refused by the mount before Landlock is asked), not a place
+        // that swallows writes.
         let py = format!(
-            "import socket\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect('{}'); print('CONNECTED')\nexcept Exception as e: print('refused', e)\n",
-            path.display()
+            "import errno, socket\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect('{}'); print('CONNECTED')\nexcept Exception as e: print('refused', e)\ntry:\n open('{}', 'w'); print('WROTE')\nexcept OSError as e: print('write', errno.errorcode[e.errno])\n",
+            path.display(),
+            rt.join("new").display()
         );
         let profile = t.profile("rt", &format!("extends = \"explore\"\n[filesystem]\nread = [\"{}\"]\n[env]\npass = [\"XDG_RUNTIME_DIR\"]\n", t.root.display()));
         let mut c = t.cmd(&["run", "-p", &profile, "--", "/usr/bin/python3", "-c", &py]);
@@ -505,6 +509,11 @@ fn host_unix_socket_under_run_is_unreachable() {
         let r = crate::support::run(c);
         assert!(r.stdout.contains("refused"), "{r:?}");
         assert!(l.accept().is_err(), "host socket reached");
+        assert!(r.stdout.contains("write EROFS"), "{m:?}: {r:?}");
+        assert!(
+            !rt.join("new").exists(),
+            "{m:?}: a file appeared on the host"
+        );
     }
 }
 
