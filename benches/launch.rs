@@ -1,7 +1,8 @@
 //! Launch benchmark: `taskbox run -p explore -- /bin/true` against a bare
 //! spawn of `/bin/true` measured in the same run (interleaved: one launch
 //! of each case per round), as ratios and added milliseconds (median, p10
-//! and p99), plus the runner's peak RSS.
+//! and p99), plus the runner's peak RSS, the overlay snapshot, and first
+//! how long a forked child waits for a CPU (why the stage is moved).
 //!
 //! `cargo bench --bench launch` (release build). `TASKBOX_BENCH_N` sets the
 //! number of rounds (default 300).
@@ -104,11 +105,101 @@ fn run_ok(mut c: Command) {
     );
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes.
+fn mono_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+/// Why the runner moves its stage to another CPU (runner/sandbox/native/
+/// cpu.rs): how long a forked child waits to run while its parent keeps
+/// computing for 1 ms, left where the kernel put it and moved off the
+/// parent's CPU at once. Run first, while this process has one thread.
+fn fork_wait(n: usize) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the size passed is the set's own.
+    unsafe { libc::sched_getaffinity(0, size, &mut all) };
+    // SAFETY: reads the set only.
+    if unsafe { libc::CPU_COUNT(&all) } < 2 {
+        println!("fork-wait: SKIP, this process has one CPU, there is nowhere to move a child");
+        return;
+    }
+    // SAFETY: a fresh shared anonymous page, used only as one AtomicU64.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    // SAFETY: the page is mapped, aligned and shared with the children.
+    let stamp = unsafe { &*page.cast::<AtomicU64>() };
+    for moved in [false, true] {
+        let mut waits = Vec::with_capacity(n);
+        for _ in 0..n {
+            stamp.store(0, Ordering::SeqCst);
+            let t0 = mono_ns();
+            // SAFETY: one thread here; the child only stores and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                stamp.store(mono_ns(), Ordering::SeqCst);
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(0) };
+            }
+            if moved {
+                let mut others = all;
+                // SAFETY: sched_getcpu has no arguments; CPU_CLR stays in the set.
+                unsafe {
+                    if let Ok(me) = usize::try_from(libc::sched_getcpu()) {
+                        libc::CPU_CLR(me, &mut others);
+                    }
+                    libc::sched_setaffinity(pid, size, &others);
+                }
+            }
+            while mono_ns() < t0 + 1_000_000 {
+                std::hint::spin_loop();
+            }
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            waits.push(Duration::from_nanos(
+                stamp.load(Ordering::SeqCst).saturating_sub(t0),
+            ));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let s = stats(waits);
+        println!(
+            "fork-wait: child's first run after the fork, parent computing 1 ms, {}: median {:.3} ms, p10 {:.3} ms",
+            if moved {
+                "child moved to another CPU"
+            } else {
+                "child left where the kernel put it"
+            },
+            ms(s.median),
+            ms(s.p10)
+        );
+    }
+    // SAFETY: unmaps the page mapped above; no child uses it any more.
+    unsafe { libc::munmap(page, 4096) };
+}
+
 fn main() {
     let n: usize = std::env::var("TASKBOX_BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
+    fork_wait(200);
     let bin = Path::new(env!("CARGO_BIN_EXE_taskbox"));
     let dir = tempfile::Builder::new()
         .prefix("taskbox-bench")
