@@ -16,6 +16,8 @@ use taskbox::audit::{AuditEvent, Sink, Writer};
 use taskbox::proxy::{self, ConnRecord, Policy, Recorder, Resolver};
 
 const BODY: &[u8] = b"hello";
+/// How long the upstream takes to answer `/slow`, like a remote server.
+const SLOW: Duration = Duration::from_millis(5);
 
 /// A keep-alive HTTP/1.1 server on loopback, a thread per connection, in a
 /// child process (this binary again) so the proxy's memory is measured alone.
@@ -58,6 +60,9 @@ fn serve_upstream() {
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                     buf.drain(..end + 4);
                     let close = head.contains("connection: close");
+                    if head.starts_with("get /slow") {
+                        std::thread::sleep(SLOW);
+                    }
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{}\r\n",
                         BODY.len(),
@@ -117,6 +122,27 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (ns) of this process's `taskbox-proxy` thread so far, from its
+/// schedstat.
+fn proxy_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "taskbox-proxy")
+        })
+        .filter_map(|e| {
+            std::fs::read_to_string(e.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 fn main() {
     if std::env::var_os("TASKBOX_BENCH_UPSTREAM").is_some() {
         return serve_upstream();
@@ -160,6 +186,7 @@ fn main() {
     // Interleaved, one of each in turn (order alternating), so that the
     // VM's slow and fast minutes fall on both alike.
     let (mut direct, mut proxied) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let cpu0 = proxy_cpu_ns();
     for i in 0..n {
         if i % 2 == 0 {
             direct.push(one(up, "/"));
@@ -169,6 +196,7 @@ fn main() {
             direct.push(one(up, "/"));
         }
     }
+    let proxy_cpu = proxy_cpu_ns() - cpu0;
     let direct_total: Duration = direct.iter().sum();
     let proxied_total: Duration = proxied.iter().sum();
     let (dm, dp) = stats(direct);
@@ -182,6 +210,25 @@ fn main() {
         proxied_total.as_secs_f64() * 1e3,
         proxied_total.as_secs_f64() / direct_total.as_secs_f64(),
         pm - dm
+    );
+    println!(
+        "  the proxy's thread on CPU  {:>7.1} µs per connection (relaying and keeping awake)",
+        proxy_cpu as f64 / 1e3 / n as f64
+    );
+
+    // Against a server that answers after SLOW, the proxy's thread should
+    // stop keeping itself awake: its CPU per connection is then about what
+    // relaying alone costs.
+    let slow = format!("http://127.0.0.1:{up}/slow");
+    let m = (n / 10).max(1);
+    let cpu_slow = proxy_cpu_ns();
+    let slow_total: Duration = (0..m).map(|_| one(px, &slow)).sum();
+    let cpu_slow = proxy_cpu_ns() - cpu_slow;
+    println!(
+        "  against a server answering after {} ms: {:.1} µs CPU per connection ({m} connections, {:.2} ms each)",
+        SLOW.as_millis(),
+        cpu_slow as f64 / 1e3 / m as f64,
+        slow_total.as_secs_f64() * 1e3 / m as f64
     );
 
     // One keep-alive connection each: direct, and inside one CONNECT
@@ -200,6 +247,7 @@ fn main() {
     );
     let mut conns = [(direct_conn, Vec::new()), (tunnel, Vec::new())];
     let mut spent = [Duration::ZERO; 2];
+    let cpu1 = proxy_cpu_ns();
     let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     for (s, _) in &conns {
         s.set_nodelay(true).unwrap();
@@ -216,6 +264,7 @@ fn main() {
         }
     }
     let [direct_ka, tunneled] = spent;
+    let ka_cpu = proxy_cpu_ns() - cpu1;
     println!(
         "keep-alive connection        direct {:>7.1} ms total",
         direct_ka.as_secs_f64() * 1e3
@@ -224,6 +273,10 @@ fn main() {
         "  through a CONNECT tunnel   {:>7.1} ms total | x{:.2} direct",
         tunneled.as_secs_f64() * 1e3,
         tunneled.as_secs_f64() / direct_ka.as_secs_f64()
+    );
+    println!(
+        "  the proxy's thread on CPU  {:>7.1} µs per request",
+        ka_cpu as f64 / 1e3 / (n + n / 10) as f64
     );
 
     // Memory with 100 concurrent open tunnels.

@@ -6,6 +6,7 @@
 //! special-purpose addresses (loopback, private, link-local, metadata) unless
 //! a literal entry names them.
 
+mod awake;
 mod policy;
 mod server;
 mod tls;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::awake::Window;
 use super::policy::{Decision, DenyReason, Policy};
 use super::tls::Interceptor;
 use super::{Injection, Injector};
@@ -177,12 +178,21 @@ pub fn start(
     };
     listener.set_nonblocking(true)?;
     let woke = Arc::new(tokio::sync::Notify::new());
+    let window = Arc::new(Window::new());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        .on_thread_park({
+            let window = Arc::clone(&window);
+            move || window.parked()
+        })
         .on_thread_unpark({
             let woke = Arc::clone(&woke);
-            move || woke.notify_one()
+            let window = Arc::clone(&window);
+            move || {
+                window.unparked();
+                woke.notify_one();
+            }
         })
         .build()?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -202,7 +212,7 @@ pub fn start(
                 let Ok(listener) = TcpListener::from_std(listener) else {
                     return;
                 };
-                tokio::spawn(stay_awake(woke));
+                tokio::spawn(stay_awake(woke, window));
                 let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
                 let mut tasks = tokio::task::JoinSet::new();
                 loop {
@@ -246,21 +256,16 @@ pub fn start(
     })
 }
 
-/// How long the proxy's thread keeps polling for events after it woke for
-/// one, before it sleeps again.
-const STAY_AWAKE: Duration = Duration::from_micros(100);
-
 /// After each wake-up of the proxy's thread, keeps it polling (yielding,
-/// which makes the runtime check its sockets without blocking) for
-/// [`STAY_AWAKE`]. A relay's answer usually comes back within that window
-/// (a request forwarded upstream, its response), and one that finds the
-/// thread still running needs no cross-CPU wake-up, which on this VM costs
-/// more than the relaying itself. Idle, the thread sleeps as before: the
-/// window only opens when something woke it.
-async fn stay_awake(woke: Arc<tokio::sync::Notify>) {
+/// which makes the runtime check its sockets without blocking) for the
+/// current [`Window`]. An answer that arrives within it (a forwarded
+/// request's response) finds the thread running and needs no cross-CPU
+/// wake-up. Idle, the thread sleeps as before: the window only opens when
+/// something woke it, and it shrinks to nothing when events come late.
+async fn stay_awake(woke: Arc<tokio::sync::Notify>, window: Arc<Window>) {
     loop {
         woke.notified().await;
-        let until = Instant::now() + STAY_AWAKE;
+        let until = Instant::now() + window.current();
         while Instant::now() < until {
             tokio::task::yield_now().await;
         }
