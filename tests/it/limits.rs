@@ -233,6 +233,83 @@ fn killing_the_runner_kills_the_task() {
     }
 }
 
+/// The pid of the first process whose command line is exactly `cmdline`.
+fn pid_of(cmdline: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let c = std::fs::read(e.path().join("cmdline")).ok()?;
+        (String::from_utf8_lossy(&c).replace('\0', " ").trim_end() == cmdline)
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn killing_the_stage_kills_the_command() {
+    // What the runner does to a stage whose setup outlived the wall clock:
+    // SIGKILL, which no handler of the stage sees. With namespaces pid 1
+    // dies with it and takes the namespace; without, the command must die
+    // with it too (PR_SET_PDEATHSIG), not live on orphaned. (What it
+    // started would: without a pid namespace only the stage, on SIGALRM,
+    // kills a whole tree. The setup the runner kills has started nothing.)
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let marker = format!("34{}{}", std::process::id(), m as u8);
+        let sleep = format!("sleep {marker}");
+        let mut child = t
+            .cmd(&[
+                "run",
+                "-p",
+                &t.explore(),
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("exec {sleep}"),
+            ])
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let pid = loop {
+            if let Some(p) = pid_of(&sleep) {
+                break p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{m:?}: the task did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let ppid = |pid: i32| -> i32 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            stat.rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // The stage is the runner's child: up the tree from the command.
+        let mut stage = ppid(pid);
+        while ppid(stage) != child.id() as i32 {
+            stage = ppid(stage);
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(stage),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let start = Instant::now();
+        while process_alive(&sleep) && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let survived = process_alive(&sleep);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!survived, "{m:?}: the command outlived its killed stage");
+    }
+}
+
 #[test]
 fn only_granted_environment_reaches_the_task() {
     let t = TestBox::new(Mode::Root);
@@ -429,5 +506,117 @@ fn every_process_of_the_task_keeps_exactly_the_cpus_of_its_caller() {
         for g in &got {
             assert_eq!(*g, cpu_list(&narrow), "{m:?}, a narrower caller: {got:?}");
         }
+    }
+}
+
+/// A FUSE filesystem whose server never answers: every access below its
+/// mount point blocks (killably) until the connection is aborted, as on a
+/// dead network mount. Unmounted and aborted on drop.
+struct HungMount {
+    dir: std::path::PathBuf,
+    _dev: std::fs::File,
+}
+
+impl HungMount {
+    /// Mounts one at `dir` (root only), open to every uid (`allow_other`).
+    fn new(dir: &std::path::Path) -> Option<Self> {
+        use std::os::fd::AsRawFd as _;
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .ok()?;
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        nix::mount::mount(
+            Some("taskbox-it-hung"),
+            dir,
+            Some("fuse"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )
+        .ok()?;
+        Some(Self {
+            dir: dir.to_path_buf(),
+            _dev: dev,
+        })
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        // Detached first, then the device closed: that aborts the
+        // connection, and anything still blocked on it gets ENOTCONN.
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_setup_that_hangs_is_ended_by_the_wall_clock() {
+    // The stage expands deny globs right after the plan, before its own
+    // wall clock runs: a glob into a mount that hangs blocks it there, in
+    // the kernel, where no signal handler of its own can run. The runner's
+    // wall clock must end it with 124 and leave nothing behind.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: mounting a FUSE filesystem that never answers needs root");
+        return;
+    }
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let hang = t.ws.join("hang");
+        std::fs::create_dir(&hang).unwrap();
+        let Some(mount) = HungMount::new(&hang) else {
+            eprintln!("SKIP: cannot mount a FUSE filesystem here (/dev/fuse, mount)");
+            return;
+        };
+        let p = t.profile(
+            "hang",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\ndeny = [\"{{workspace}}/hang/*\"]\n[limits]\nwall = \"2s\"\n",
+                t.base()
+            ),
+        );
+        let marker = format!("ran{}x{}", std::process::id(), m as u8);
+        let script = format!("echo {marker}");
+        let start = Instant::now();
+        let mut child = t
+            .cmd(&["run", "-p", &p, "--json", "--", "/bin/sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A runner that does not enforce the wall clock during setup hangs
+        // with its stage: fail instead of hanging the suite.
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = start.elapsed();
+        let hung = child.try_wait().unwrap().is_none();
+        if hung {
+            let _ = child.kill();
+        }
+        let left = process_alive(&script);
+        drop(mount);
+        let out = child.wait_with_output().unwrap();
+        let r = crate::support::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(!hung, "{m:?}: taskbox still ran after {took:?}: {r:?}");
+        r.code(124);
+        assert!(took < Duration::from_secs(10), "{m:?}: took {took:?}");
+        assert!(
+            took >= Duration::from_secs(2),
+            "{m:?}: ended early, {took:?}: {r:?}"
+        );
+        assert!(
+            r.stderr.contains("not set up within the wall-clock limit"),
+            "{m:?}: {r:?}"
+        );
+        assert!(!r.stdout.contains(&marker), "{m:?}: the command ran: {r:?}");
+        assert!(!left, "{m:?}: a process of the task outlived taskbox");
     }
 }

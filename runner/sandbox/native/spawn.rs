@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::NativeError;
 use super::plan::{EarlyNamespaces, NativePlan};
@@ -92,6 +92,13 @@ struct StageProc {
     stderr: Option<File>,
 }
 
+/// How long the runner waits for a stage it killed for outliving the wall
+/// clock during setup.
+const SETUP_KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// The wall clock ran out.
+struct Late;
+
 /// A launched task.
 pub struct Running {
     child: StageProc,
@@ -101,6 +108,8 @@ pub struct Running {
     output: Output,
     buf: Vec<u8>,
     started_at: Instant,
+    /// The wall-clock limit, which also bounds the sandbox's setup.
+    wall: Option<Duration>,
     cgroup: Option<PathBuf>,
     enforcement: Option<Enforcement>,
     timings: Timings,
@@ -302,6 +311,7 @@ impl Stage {
             output,
             buf: vec![0u8; 64 * 1024],
             started_at,
+            wall: plan.spec.limits.wall_ms.map(Duration::from_millis),
             cgroup,
             enforcement: None,
             timings: Timings::default(),
@@ -581,9 +591,10 @@ impl Running {
     }
 
     /// Moves whatever is ready: output to the sinks, stage messages to the
-    /// queue. Blocks until something is ready or every stream is closed.
-    fn poll_once(&mut self) {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    /// queue. Blocks until something is ready, every stream is closed or
+    /// `timeout` passed.
+    fn poll_once(&mut self, timeout: nix::poll::PollTimeout) {
+        use nix::poll::{PollFd, PollFlags, poll};
         let stage = self.child.pid;
         let (ready_out, ready_err, ready_msg) = {
             let mut fds = Vec::with_capacity(3);
@@ -603,7 +614,8 @@ impl Running {
             if fds.is_empty() {
                 return;
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
+                Ok(0) => return,
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return, // the caller polls again
                 Err(_) => {
@@ -652,12 +664,33 @@ impl Running {
     /// The stage's next message, passing output on meanwhile; `None` once the
     /// stage closed its channel.
     fn next_msg(&mut self) -> Option<StageMsg> {
+        self.next_msg_by(None).unwrap_or(None)
+    }
+
+    /// [`Self::next_msg`], or `Err(Late)` once `deadline` passed without one.
+    fn next_msg_by(&mut self, deadline: Option<Instant>) -> Result<Option<StageMsg>, Late> {
+        use nix::poll::PollTimeout;
         loop {
             if let Some(m) = self.queue.pop_front() {
-                return Some(m);
+                return Ok(Some(m));
             }
-            self.msgs.as_ref()?;
-            self.poll_once();
+            if self.msgs.is_none() {
+                return Ok(None);
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Late);
+                    }
+                    // Rounded up: a poll that wakes a little early polls again.
+                    let ms = left.as_micros().div_ceil(1000);
+                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            self.poll_once(timeout);
         }
     }
 
@@ -665,7 +698,7 @@ impl Running {
     fn drain_output(&mut self) {
         self.msgs = None;
         while self.output.stdout.is_some() || self.output.stderr.is_some() {
-            self.poll_once();
+            self.poll_once(nix::poll::PollTimeout::NONE);
         }
     }
 
@@ -673,8 +706,15 @@ impl Running {
     ///
     /// # Errors
     /// The stage's own report of why it refused or failed.
+    /// The wall clock bounds this too: a setup that outlives it (a granted
+    /// filesystem that hangs, say) is killed, and the task ends with 124
+    /// without its command having run.
     pub fn started(&mut self) -> Result<Enforcement, NativeError> {
-        match self.next_msg() {
+        let deadline = self.wall.map(|w| self.started_at + w);
+        let Ok(msg) = self.next_msg_by(deadline) else {
+            return Err(self.kill_setup());
+        };
+        match msg {
             Some(StageMsg::Started {
                 enforcement,
                 phases,
@@ -698,6 +738,55 @@ impl Running {
                     ),
                 })
             }
+        }
+    }
+
+    /// Kills a stage whose setup outlived the wall clock. It may be blocked
+    /// in the kernel, past handling any signal of its own, so SIGKILL: its
+    /// pid 1 (namespace mode) or its command (Landlock-only mode) die with
+    /// it (`PR_SET_PDEATHSIG`). Waits a bounded time for it: a process
+    /// stuck in an unkillable wait is left behind, and the error says so.
+    fn kill_setup(&mut self) -> NativeError {
+        let pid = self.child.pid as libc::pid_t;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.output.stdout = None;
+        self.output.stderr = None;
+        self.msgs = None;
+        let wall = self.wall.map_or_else(String::new, |w| {
+            format!(" of {}", humantime::format_duration(w))
+        });
+        let mut reaped = false;
+        let give_up = Instant::now() + SETUP_KILL_WAIT;
+        while Instant::now() < give_up {
+            let mut status = 0;
+            // SAFETY: wait4 writes into `status`, a live local.
+            let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, std::ptr::null_mut()) };
+            if rc == pid || rc < 0 {
+                reaped = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = std::fs::remove_dir(cg);
+        }
+        let _ = std::fs::remove_dir_all(&self.host_tmp);
+        let left = if reaped {
+            String::new()
+        } else {
+            format!(
+                " The stage (pid {pid}) did not die within {}: it is blocked in the kernel and was left behind.",
+                humantime::format_duration(SETUP_KILL_WAIT)
+            )
+        };
+        NativeError::Stage {
+            code: 124,
+            message: format!(
+                "the sandbox was not set up within the wall-clock limit{wall}, so the command never started and the launch stage was killed.{left} Hint: a filesystem the profile grants may be hanging (a dead network mount?), or raise limits.wall"
+            ),
         }
     }
 

@@ -363,6 +363,13 @@ fn run(
         Err(e) => return Err((125, e)),
     };
     mark("plan");
+    // The wall clock runs from the plan, as the runner's does (which also
+    // covers the setup below, should it hang).
+    let deadline = plan
+        .spec
+        .limits
+        .wall_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
     restore_cpus();
     if tmp.is_some() {
         die_with_parent();
@@ -423,11 +430,6 @@ fn run(
             }
         }),
     )?;
-    let deadline = plan
-        .spec
-        .limits
-        .wall_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut notes = Vec::new();
     // (An early attempt that failed with `Namespaces` entered nothing: the
     // plan decides below; any other failure ended the stage above.)
@@ -1217,7 +1219,16 @@ fn init(
         exec_args(plan, &tmp, proxy_port, &fds).map_err(|e| (e.exit_code(), e))?;
 
     let mut moved = Some((notes, namespaces, shared));
+    let me = getpid();
     let child = spawn_command(&mut || {
+        // The command dies with us: without a pid namespace nothing else
+        // would take it down if we were killed (the runner kills a stage
+        // whose setup outlives the wall clock, see `Running::started`).
+        die_with_parent();
+        if nix::unistd::getppid() != me {
+            // SAFETY: as below; the stage is gone, nothing is to be told.
+            unsafe { libc::_exit(125) }
+        }
         let (notes, namespaces, shared) = moved.take().unwrap_or_default();
         let landlock = Landlock {
             rules: &rules,
