@@ -703,12 +703,13 @@ impl Running {
     }
 
     /// Waits until the sandbox is in force and the command is being exec'd.
-    ///
-    /// # Errors
-    /// The stage's own report of why it refused or failed.
     /// The wall clock bounds this too: a setup that outlives it (a granted
     /// filesystem that hangs, say) is killed, and the task ends with 124
     /// without its command having run.
+    ///
+    /// # Errors
+    /// The stage's own report of why it refused or failed; 124 when the
+    /// setup outlived the wall clock.
     pub fn started(&mut self) -> Result<Enforcement, NativeError> {
         let deadline = self.wall.map(|w| self.started_at + w);
         let Ok(msg) = self.next_msg_by(deadline) else {
