@@ -243,6 +243,47 @@ fn a_workspace_under_tmp_is_readable_in_every_mode() {
     });
 }
 
+/// A workspace behind a directory private to another user (`sudo taskbox
+/// run` in `/home/alice/src`): the task holds no capabilities, so as root
+/// too it could not enter it. Refused before launch, naming the blocking
+/// directory, in every mode; the same workspace with the directory opened
+/// to others (o+x) runs.
+#[test]
+fn a_workspace_behind_another_users_private_directory_is_refused_before_launch() {
+    use std::os::unix::fs::PermissionsExt as _;
+    each(|t| {
+        let private = t.root.join("alice");
+        let ws = private.join("src");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(ws.join("notes.txt"), "alice-notes\n").unwrap();
+        // A third user: neither root nor the unprivileged caller.
+        for p in [&private, &ws, &ws.join("notes.txt")] {
+            std::os::unix::fs::lchown(p, Some(12345), Some(12345)).unwrap();
+        }
+        let w = ws.to_string_lossy().into_owned();
+        let script = "echo task-ran; cat notes.txt";
+        let run = || t.taskbox(&["run", "-w", &w, "--", "/bin/sh", "-c", script]);
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let r = run();
+        r.code(125);
+        assert!(!r.stdout.contains("task-ran"), "the command ran: {r:?}");
+        if !t.mode.unprivileged() {
+            // Root's runner reaches it; only the sandbox would not.
+            let blocker = private.to_string_lossy().into_owned();
+            assert!(
+                r.stderr
+                    .contains(&format!("{blocker} (owner uid 12345, mode 0700)"))
+                    && r.stderr.contains("run taskbox as the owner"),
+                "{r:?}"
+            );
+        }
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let r = run();
+        r.code(0);
+        assert!(r.stdout.contains("task-ran\nalice-notes"), "{r:?}");
+    });
+}
+
 /// A tree the mount view shows (the host, read-only) but the profile does
 /// not grant is refused by Landlock, in every mode. With namespaces the
 /// ruleset is filled by two processes (the stage outside /proc, pid 1 in

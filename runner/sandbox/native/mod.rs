@@ -81,6 +81,21 @@ pub enum NativeError {
         /// The directory.
         cwd: PathBuf,
     },
+    /// A directory the task needs lies behind one that only capabilities
+    /// open, and the task holds none.
+    #[error(
+        "{dir} is out of the sandbox's reach: {blocker} (owner uid {owner}, mode {mode:04o}) can be entered only with root's capabilities, and the task runs without any. Hint: run taskbox as the owner of {blocker} (sudo -u '#{owner}' taskbox run ...), or let others enter it (chmod o+x {blocker})"
+    )]
+    Unreachable {
+        /// The directory the task needs.
+        dir: PathBuf,
+        /// The first directory on its path that cannot be entered.
+        blocker: PathBuf,
+        /// The blocker's owner.
+        owner: u32,
+        /// The blocker's permission bits.
+        mode: u32,
+    },
     /// The stage binary could not be started.
     #[error("cannot start the launch stage {exe}")]
     Spawn {

@@ -1,5 +1,7 @@
 //! Resource limits, capabilities and no_new_privs for the command process.
 
+use std::path::{Path, PathBuf};
+
 use nix::sys::resource::{Resource, setrlimit};
 
 use super::NativeError;
@@ -89,30 +91,7 @@ pub fn drop_capabilities() -> Result<(), NativeError> {
             0,
         )
     };
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    }; // _LINUX_CAPABILITY_VERSION_3
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: capset reads a v3 header and two data structs, all valid for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-    if rc != 0 {
+    if capset(&[CapData::default(); 2]) != 0 {
         return Err(NativeError::Setup {
             what: "capset".into(),
             source: std::io::Error::last_os_error(),
@@ -135,4 +114,127 @@ pub fn no_new_privs() -> Result<(), NativeError> {
         });
     }
     Ok(())
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`'s header for capget/capset (this thread).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// One half of a v3 capability set (capabilities 0-31, then 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets this thread's capabilities (the raw call: only the calling thread
+/// changes, never the process's other threads); the syscall's return value.
+fn capset(data: &[CapData; 2]) -> libc::c_long {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads a v3 header and two data structs, all valid for the call.
+    unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) }
+}
+
+/// This thread's capabilities, if the kernel tells them.
+fn capget() -> Option<[CapData; 2]> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two v3 data structs into `data`, which holds two.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+    (rc == 0).then_some(data)
+}
+
+/// `faccessat2(path, mode, AT_EACCESS)`: the check with this thread's
+/// effective ids and capabilities (libc's `faccessat` may drop the flag,
+/// and plain `access` lends uid 0 its permitted capabilities back).
+fn access_as_effective(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path valid for the call; no other memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Checks that a process holding no capabilities, as the command does,
+/// can enter `dir` (and list it, with `list`). Only uid 0 can tell a
+/// difference: its DAC override opens directories private to other users
+/// (`/home/alice` at 0700 under `sudo taskbox run`), which the command,
+/// and with namespaces the stage, cannot enter; the task would then start
+/// with its workspace missing or closed. Checked on this thread with its
+/// DAC capabilities set aside, by the kernel's own permission walk (ACLs
+/// included), and put back before returning.
+///
+/// # Errors
+/// [`NativeError::Unreachable`] naming the first directory on the way that
+/// a process without capabilities cannot enter.
+pub fn reach_without_capabilities(dir: &Path, list: bool) -> Result<(), NativeError> {
+    const DAC: u32 = (1 << 1) | (1 << 2); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let Some(saved) = capget() else {
+        return Ok(());
+    };
+    let mut narrowed = saved;
+    narrowed[0].effective &= !DAC;
+    if capset(&narrowed) != 0 {
+        return Ok(());
+    }
+    let mode = libc::X_OK | if list { libc::R_OK } else { 0 };
+    let denied = |p: &Path, m| {
+        access_as_effective(p, m)
+            .err()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::EACCES))
+    };
+    let blocker: Option<PathBuf> = denied(dir, mode).then(|| {
+        let mut up: Vec<&Path> = dir.ancestors().collect();
+        up.reverse();
+        up.into_iter()
+            .find(|a| denied(a, libc::X_OK))
+            .unwrap_or(dir)
+            .to_path_buf()
+    });
+    // Put back what was set aside; it is a subset of the permitted set, so
+    // the kernel cannot refuse.
+    capset(&saved);
+    let Some(blocker) = blocker else {
+        return Ok(());
+    };
+    let (owner, mode) = std::fs::metadata(&blocker)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.uid(), m.mode() & 0o7777)
+        })
+        .unwrap_or((0, 0));
+    Err(NativeError::Unreachable {
+        dir: dir.to_path_buf(),
+        blocker,
+        owner,
+        mode,
+    })
 }
