@@ -243,6 +243,65 @@ fn a_workspace_under_tmp_is_readable_in_every_mode() {
     });
 }
 
+/// The host's secrets in `/etc` are denied by the built-ins: as root the
+/// task (which runs as its caller) could otherwise read `/etc/shadow`.
+/// Deny paths that file permissions already close to the task are left to
+/// them, so this checks that the ones they do not close stay denied: a
+/// file of another user that is readable, and a file of the caller's own
+/// at mode 000 (its owner could chmod it back open, which Landlock alone
+/// does not refuse), both under a granted directory.
+#[test]
+fn host_secrets_are_denied_and_permissions_stand_in_only_where_they_close_a_path() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shadow = std::fs::read_to_string("/etc/shadow").ok();
+    each(|t| {
+        let dir = t.root.join("secrets");
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            ("other-readable", "SECRET-OTHER-READABLE", 12345, 0o644),
+            ("other-closed", "SECRET-OTHER-CLOSED", 12345, 0o600),
+            ("own-000", "SECRET-OWN-000", u32::MAX, 0o000),
+        ];
+        for (name, body, owner, mode) in files {
+            let f = dir.join(name);
+            std::fs::write(&f, format!("{body}\n")).unwrap();
+            if owner == u32::MAX {
+                t.own(&f);
+            } else {
+                std::os::unix::fs::lchown(&f, Some(owner), Some(owner)).unwrap();
+            }
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        t.own(&dir);
+        let d = dir.display();
+        let profile = t.profile(
+            "secrets",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\nread = [\"{d}\"]\ndeny = [\"{d}/other-readable\", \"{d}/other-closed\", \"{d}/own-000\"]\n",
+                t.base()
+            ),
+        );
+        let r = t.sh(
+            &profile,
+            &format!(
+                "cat /etc/shadow; cat {d}/other-readable; cat {d}/other-closed; chmod 600 {d}/own-000; cat {d}/own-000; echo done"
+            ),
+        );
+        assert!(r.stdout.contains("done"), "{r:?}");
+        for (_, body, _, _) in files {
+            assert!(!r.stdout.contains(body), "{body} leaked: {r:?}");
+        }
+        if let Some(first) = shadow.as_deref().and_then(|s| s.lines().next()) {
+            assert!(!r.stdout.contains(first), "/etc/shadow leaked: {r:?}");
+        }
+    });
+    if shadow.is_none() {
+        eprintln!(
+            "SKIP part: /etc/shadow is absent or unreadable here; only the test's own files were checked"
+        );
+    }
+}
+
 /// A workspace behind a directory private to another user (`sudo taskbox
 /// run` in `/home/alice/src`): the task holds no capabilities, so as root
 /// too it could not enter it. Refused before launch, naming the blocking

@@ -180,6 +180,51 @@ fn access_as_effective(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// Runs `f` with this thread's DAC capabilities (override, read-search) set
+/// aside, as the command will be; `None` if they could not be set aside.
+fn without_dac<T>(f: impl FnOnce() -> T) -> Option<T> {
+    const DAC: u32 = (1 << 1) | (1 << 2); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    let saved = capget()?;
+    let mut narrowed = saved;
+    narrowed[0].effective &= !DAC;
+    if capset(&narrowed) != 0 {
+        return None;
+    }
+    let out = f();
+    // Put back what was set aside; it is a subset of the permitted set, so
+    // the kernel cannot refuse.
+    capset(&saved);
+    Some(out)
+}
+
+/// Whether the kernel refuses `mode` on `path` to this thread as it is now.
+fn denied(path: &Path, mode: libc::c_int) -> bool {
+    access_as_effective(path, mode)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::EACCES))
+}
+
+/// Removes from `deny` the paths that file permissions alone close to
+/// the task: it holds no capabilities, so a path it does not own (an owner
+/// could chmod it back open) and can neither read, write nor execute or
+/// search is out of its reach without a mask or a Landlock hole. Host
+/// secrets in the built-in deny list (`/etc/shadow`) then cost nothing for
+/// the callers permissions already keep out (everyone but root), where
+/// carving one file out of a granted `/etc` without a mount namespace takes
+/// a Landlock rule per entry of `/etc`. `uid`: the caller's (with
+/// namespaces, a file of an unmapped owner shows as the overflow uid, so
+/// for a caller whose uid that is, such paths stay in: masked, not skipped).
+pub fn drop_closed_by_permissions(deny: &mut Vec<PathBuf>, uid: u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let closed = |p: &PathBuf| {
+        std::fs::metadata(p).is_ok_and(|m| m.uid() != uid)
+            && [libc::R_OK, libc::W_OK, libc::X_OK]
+                .into_iter()
+                .all(|m| denied(p, m))
+    };
+    let _ = without_dac(|| deny.retain(|p| !closed(p)));
+}
+
 /// Checks that a process holding no capabilities, as the command does,
 /// can enter `dir` (and list it, with `list`). Only uid 0 can tell a
 /// difference: its DAC override opens directories private to other users
@@ -193,35 +238,21 @@ fn access_as_effective(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
 /// [`NativeError::Unreachable`] naming the first directory on the way that
 /// a process without capabilities cannot enter.
 pub fn reach_without_capabilities(dir: &Path, list: bool) -> Result<(), NativeError> {
-    const DAC: u32 = (1 << 1) | (1 << 2); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let Some(saved) = capget() else {
-        return Ok(());
-    };
-    let mut narrowed = saved;
-    narrowed[0].effective &= !DAC;
-    if capset(&narrowed) != 0 {
-        return Ok(());
-    }
     let mode = libc::X_OK | if list { libc::R_OK } else { 0 };
-    let denied = |p: &Path, m| {
-        access_as_effective(p, m)
-            .err()
-            .is_some_and(|e| e.raw_os_error() == Some(libc::EACCES))
-    };
-    let blocker: Option<PathBuf> = denied(dir, mode).then(|| {
-        let mut up: Vec<&Path> = dir.ancestors().collect();
-        up.reverse();
-        up.into_iter()
-            .find(|a| denied(a, libc::X_OK))
-            .unwrap_or(dir)
-            .to_path_buf()
-    });
-    // Put back what was set aside; it is a subset of the permitted set, so
-    // the kernel cannot refuse.
-    capset(&saved);
+    let blocker = without_dac(|| {
+        denied(dir, mode).then(|| {
+            let mut up: Vec<&Path> = dir.ancestors().collect();
+            up.reverse();
+            up.into_iter()
+                .find(|a| denied(a, libc::X_OK))
+                .unwrap_or(dir)
+                .to_path_buf()
+        })
+    })
+    .flatten();
     let Some(blocker) = blocker else {
         return Ok(());
     };

@@ -1021,8 +1021,8 @@ fn fill_outside_proc(
 }
 
 /// Landlock's roots (each granted tree, `{tmp}` mapped to `tmp` without
-/// namespaces) and holes (deny paths; without namespaces also the
-/// protected paths, which keep read access).
+/// namespaces) and, without namespaces only, its holes: the deny paths, and
+/// the protected paths, which keep read access.
 fn landlock_inputs(
     plan: &NativePlan,
     hidden: &[PathBuf],
@@ -1045,14 +1045,17 @@ fn landlock_inputs(
         .map(|p| (retmp(p), Grant::Read))
         .collect();
     roots.extend(spec.fs.write.iter().map(|p| (retmp(p), Grant::Write)));
-    let mut holes: Vec<Hole> = hidden
-        .iter()
-        .map(|p| Hole {
+    // With namespaces the mount view masks the deny paths (read-only
+    // mode-000 mounts the task can neither remove nor chmod) and binds the
+    // protected ones read-only; without, Landlock alone holds them, carved
+    // out of the granted trees: a rule per entry of each directory on the
+    // way (`/etc` has some 140), which the masks make needless.
+    let mut holes = Vec::new();
+    if isolation == Isolation::LandlockOnly {
+        holes.extend(hidden.iter().map(|p| Hole {
             path: p.clone(),
             keep: None,
-        })
-        .collect();
-    if isolation == Isolation::LandlockOnly {
+        }));
         holes.extend(spec.fs.protect.iter().filter(|p| p.exists()).map(|p| Hole {
             path: p.clone(),
             keep: Some(Grant::Read),
@@ -1065,6 +1068,7 @@ impl Prepared {
     fn of(plan: &NativePlan, tmp_made: bool) -> StageResult<Self> {
         let spec = &plan.spec;
         let mut hidden = ns::expand_globs(&spec.fs.deny);
+        rlimit::drop_closed_by_permissions(&mut hidden, plan.uid);
         hidden.extend(plan.hide.iter().cloned());
         let keep = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
         let mut inherited = Vec::new();
