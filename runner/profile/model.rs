@@ -530,7 +530,20 @@ impl Profile {
             {
                 return Err(empty_section(src, "filesystem", span));
             }
-            for p in paths(src, "filesystem.read", fs.read)? {
+            // Every grant as written, before those a wider grant absorbs
+            // are dropped: each is checked against the denies below.
+            let read = paths(src, "filesystem.read", fs.read)?;
+            let write = paths(src, "filesystem.write", fs.write)?;
+            let asked: Vec<(&str, PathTemplate, Range<usize>)> = read
+                .iter()
+                .map(|p| ("filesystem.read", p.0.clone(), p.1.clone()))
+                .chain(
+                    write
+                        .iter()
+                        .map(|p| ("filesystem.write", p.0.clone(), p.1.clone())),
+                )
+                .collect();
+            for p in read {
                 if !self
                     .fs
                     .read
@@ -542,7 +555,7 @@ impl Profile {
                     self.fs.read.push(p.0);
                 }
             }
-            for p in paths(src, "filesystem.write", fs.write)? {
+            for p in write {
                 if !self.fs.write.iter().any(|r| r.covers(&p.0)) {
                     push(widen("filesystem.write", p.0.as_str().to_owned(), &p.1));
                     self.fs.write.push(p.0);
@@ -561,6 +574,22 @@ impl Profile {
                 }
                 if !self.fs.deny.contains(&p.0) {
                     self.fs.deny.push(p.0);
+                }
+            }
+            // A grant under a deny gives nothing (a deny holds over every
+            // grant, and no child can remove one); one that a wider grant
+            // absorbed would otherwise pass silently.
+            for (field, g, span) in &asked {
+                if let Some(d) = self.fs.deny.iter().find(|d| d.covers(g)) {
+                    return Err(src.error(
+                        span.clone(),
+                        field,
+                        format!(
+                            "`{}` lies under the deny `{}`: a deny holds over every grant and can never be removed by a child, so this grant would give nothing. Hint: remove it, or grant a path outside the denied one",
+                            g.as_str(),
+                            d.as_str()
+                        ),
+                    ));
                 }
             }
             for p in paths(src, "filesystem.unprotect", fs.unprotect)? {

@@ -116,6 +116,21 @@ fn a_deny_that_cannot_be_enforced_is_refused() {
     );
     let e = err("[filesystem]\ndeny = [\"{workspace}\"]\n");
     assert!(e.contains("cannot be denied"), "{e}");
+    // A grant under a parent's deny, absorbed by the parent's wider grant
+    // (`/etc`), named at its own line and column.
+    let e = err("[filesystem]\nread = [\"/etc/shadow\", \"/etc/letsencrypt/live/x\"]\n");
+    assert!(
+        e.contains("bad.toml:3:9: field `filesystem.read`")
+            && e.contains("`/etc/shadow` lies under the deny `/etc/shadow`"),
+        "{e}"
+    );
+    // The same in one layer, and for a write grant.
+    let e = err("[filesystem]\nwrite = [\"/srv/app/keys\"]\ndeny = [\"/srv/app\"]\n");
+    assert!(
+        e.contains("field `filesystem.write`")
+            && e.contains("`/srv/app/keys` lies under the deny `/srv/app`"),
+        "{e}"
+    );
 }
 
 #[test]
