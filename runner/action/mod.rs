@@ -626,7 +626,10 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         force_no_userns,
         overlay: None,
     };
-    let mut plan = match native::plan(&spec, inputs) {
+    let mut plan = match native::plan(&spec, inputs).and_then(|p| {
+        native::check_reach(&p)?;
+        Ok(p)
+    }) {
         Ok(p) => p,
         Err(e) => return refuse(e.exit_code(), e.to_string()),
     };

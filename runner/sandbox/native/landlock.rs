@@ -307,7 +307,7 @@ fn failed_earlier() -> NativeError {
 /// follows it with an `fcntl` for close-on-exec, for kernels that predate
 /// the flag); `None` if it cannot be opened (nothing to grant).
 fn open_path(path: &Path) -> Option<OwnedFd> {
-    let c = std::ffi::CString::new(bytes(path)).ok()?;
+    let c = super::ns::cstring(path)?;
     // SAFETY: a NUL-terminated path valid for the call.
     let fd = unsafe {
         libc::syscall(

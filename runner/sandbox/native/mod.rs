@@ -27,6 +27,7 @@ pub use plan::{
     EarlyNamespaces, InheritFile, Isolation, NativePlan, OverlayDirs, PlanInputs, SecretFile, plan,
     secret_file_path, secret_file_var,
 };
+pub use rlimit::check_reach;
 pub use spawn::{Running, Sink, Stage, settle};
 pub use stage::main as stage_main;
 

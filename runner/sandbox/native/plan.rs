@@ -179,8 +179,7 @@ pub struct PlanInputs {
 /// Decides the plan for one task. Pure: no syscalls.
 ///
 /// # Errors
-/// An empty command; a working directory outside every readable path; a
-/// workspace or working directory only capabilities could enter.
+/// An empty command; a working directory outside every readable path.
 pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, NativeError> {
     let PlanInputs {
         argv,
@@ -217,10 +216,6 @@ pub fn plan(spec: &SandboxSpec, inputs: PlanInputs) -> Result<NativePlan, Native
         .any(|r| cwd.starts_with(r));
     if !readable {
         return Err(NativeError::CwdNotReadable { cwd });
-    }
-    super::rlimit::reach_without_capabilities(&spec.workspace, true)?;
-    if cwd != spec.workspace {
-        super::rlimit::reach_without_capabilities(&cwd, false)?;
     }
     let isolation = if force_no_userns {
         Isolation::LandlockOnly

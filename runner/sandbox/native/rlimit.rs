@@ -161,8 +161,8 @@ fn capget() -> Option<[CapData; 2]> {
 /// effective ids and capabilities (libc's `faccessat` may drop the flag,
 /// and plain `access` lends uid 0 its permitted capabilities back).
 fn access_as_effective(path: &Path, mode: libc::c_int) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = super::ns::cstring(path)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: a NUL-terminated path valid for the call; no other memory.
     let rc = unsafe {
         libc::syscall(
@@ -225,6 +225,20 @@ pub fn drop_closed_by_permissions(deny: &mut Vec<PathBuf>, uid: u32) {
     let _ = without_dac(|| deny.retain(|p| !closed(p)));
 }
 
+/// Checks, for a plan about to launch, that its command (which holds no
+/// capabilities) can enter and list the workspace and enter its working
+/// directory; see [`reach_without_capabilities`].
+///
+/// # Errors
+/// [`NativeError::Unreachable`].
+pub fn check_reach(plan: &super::NativePlan) -> Result<(), NativeError> {
+    reach_without_capabilities(&plan.spec.workspace, true)?;
+    if plan.cwd != plan.spec.workspace {
+        reach_without_capabilities(&plan.cwd, false)?;
+    }
+    Ok(())
+}
+
 /// Checks that a process holding no capabilities, as the command does,
 /// can enter `dir` (and list it, with `list`). Only uid 0 can tell a
 /// difference: its DAC override opens directories private to other users
@@ -237,7 +251,7 @@ pub fn drop_closed_by_permissions(deny: &mut Vec<PathBuf>, uid: u32) {
 /// # Errors
 /// [`NativeError::Unreachable`] naming the first directory on the way that
 /// a process without capabilities cannot enter.
-pub fn reach_without_capabilities(dir: &Path, list: bool) -> Result<(), NativeError> {
+fn reach_without_capabilities(dir: &Path, list: bool) -> Result<(), NativeError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
