@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use landlock::{ABI, Access, AccessFs, AccessNet, BitFlags, Ruleset, RulesetAttr, Scope};
 
@@ -49,12 +49,108 @@ pub struct Hole {
     pub keep: Option<Grant>,
 }
 
-/// Rules after carving holes: each a path and its grant.
+/// What a rule's path is, when a directory listing said so: a rule for
+/// a non-directory may only carry file rights, and knowing it from the
+/// listing's `d_type` saves an `fstat` per rule (a carved `/etc` has some
+/// 140).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    /// A symlink (the rule goes to its target) or a listing without types.
+    Unknown,
+}
+
+impl Kind {
+    fn of(t: Option<std::fs::FileType>) -> Self {
+        match t {
+            Some(t) if t.is_dir() => Self::Dir,
+            Some(t) if t.is_symlink() => Self::Unknown,
+            Some(_) => Self::File,
+            None => Self::Unknown,
+        }
+    }
+}
+
+/// One Landlock rule: a path and its grant, with what a carve's listing
+/// knew of it (its kind, and its descriptor if the listing was opened
+/// ahead, see [`preopen`]).
+#[derive(Debug)]
+pub struct Rule {
+    /// The path.
+    pub path: PathBuf,
+    /// What it is granted.
+    pub grant: Grant,
+    kind: Kind,
+    fd: Option<OwnedFd>,
+}
+
+impl Rule {
+    fn new(path: PathBuf, grant: Grant) -> Self {
+        Self {
+            path,
+            grant,
+            kind: Kind::Unknown,
+            fd: None,
+        }
+    }
+}
+
+/// A directory's entries, listed and each opened `O_PATH` ahead of need:
+/// in Landlock-only mode the stage waits for the plan with nothing to do,
+/// and a carved directory costs a rule (an open) per entry, so the
+/// directories it will most likely carve are opened while it waits.
+/// [`carve`] takes the listing instead of reading the directory again;
+/// an entry made in between is not granted (the carve fails closed).
+#[derive(Debug)]
+pub struct Listing {
+    dir: PathBuf,
+    entries: Vec<(std::ffi::OsString, Kind, Option<OwnedFd>)>,
+}
+
+/// The directories opened ahead in Landlock-only mode: the built-in base
+/// denies the host's secrets directly inside `/etc` (`/etc/shadow`), so
+/// every profile that extends it carves `/etc` there.
+pub const AHEAD: &[&str] = &["/etc"];
+
+/// At most this many entries are opened ahead per directory.
+pub const AHEAD_MAX: usize = 1024;
+
+/// Lists `dir` and opens each entry (`None` if it cannot be read or has
+/// more than `max` entries: the descriptors stay open until the launch).
+pub fn preopen(dir: &Path, max: usize) -> Option<Listing> {
+    use nix::fcntl::{OFlag, openat};
+    let at = open_path(dir)?;
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir).ok()? {
+        let e = e.ok()?;
+        if entries.len() == max {
+            return None;
+        }
+        let name = e.file_name();
+        // Relative to the directory: one component to walk, not the path.
+        let fd = openat(
+            &at,
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok();
+        entries.push((name, Kind::of(e.file_type().ok()), fd));
+    }
+    Some(Listing {
+        dir: normal(dir),
+        entries,
+    })
+}
+
+/// Rules after carving holes.
 ///
 /// Paths are compared as bytes after one normalisation each (`Path`'s own
 /// comparisons parse components on every call, and carving compares every
-/// root and entry with every hole: that was most of its cost).
-pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole]) -> Vec<(PathBuf, Grant)> {
+/// root and entry with every hole: that was most of its cost). A directory
+/// with a [`Listing`] among `ahead` is carved from it, not read again.
+pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing>) -> Vec<Rule> {
     let holes: Vec<Hole> = holes
         .iter()
         .map(|h| Hole {
@@ -64,7 +160,7 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole]) -> Vec<(PathBuf, Grant)
         .collect();
     let mut out = Vec::new();
     for (root, grant) in roots {
-        carve_one(&normal(root), *grant, &holes, &mut out, 0);
+        carve_one(Rule::new(normal(root), *grant), &holes, ahead, &mut out, 0);
     }
     out
 }
@@ -86,46 +182,68 @@ fn strictly_below(inner: &Path, outer: &Path) -> bool {
 }
 
 fn carve_one(
-    path: &Path,
-    grant: Grant,
+    mut rule: Rule,
     holes: &[Hole],
-    out: &mut Vec<(PathBuf, Grant)>,
+    ahead: &mut Vec<Listing>,
+    out: &mut Vec<Rule>,
     depth: usize,
 ) {
-    if let Some(h) = holes.iter().find(|h| bytes(&h.path) == bytes(path)) {
+    if let Some(h) = holes.iter().find(|h| bytes(&h.path) == bytes(&rule.path)) {
         if let Some(keep) = h.keep {
-            let g = if keep == Grant::Read || grant == Grant::Read {
+            rule.grant = if keep == Grant::Read || rule.grant == Grant::Read {
                 Grant::Read
             } else {
                 Grant::Write
             };
-            carve_one_inner(path, g, holes, out, depth);
+            carve_one_inner(rule, holes, ahead, out, depth);
         }
         return;
     }
-    carve_one_inner(path, grant, holes, out, depth);
+    carve_one_inner(rule, holes, ahead, out, depth);
 }
 
 fn carve_one_inner(
-    path: &Path,
-    grant: Grant,
+    rule: Rule,
     holes: &[Hole],
-    out: &mut Vec<(PathBuf, Grant)>,
+    ahead: &mut Vec<Listing>,
+    out: &mut Vec<Rule>,
     depth: usize,
 ) {
-    let inside = holes.iter().any(|h| strictly_below(&h.path, path));
+    let inside = holes.iter().any(|h| strictly_below(&h.path, &rule.path));
     if !inside || depth > 32 {
-        out.push((path.to_path_buf(), grant));
+        out.push(rule);
         return;
     }
+    let (path, grant) = (rule.path.clone(), rule.grant);
     // The directory itself: listing only; read or write rights would be
     // inherited by the hole.
-    out.push((path.to_path_buf(), Grant::List));
-    let Ok(entries) = std::fs::read_dir(path) else {
+    out.push(Rule {
+        grant: Grant::List,
+        ..rule
+    });
+    if let Some(i) = ahead.iter().position(|l| l.dir == path) {
+        for (name, kind, fd) in ahead.swap_remove(i).entries {
+            let entry = Rule {
+                path: path.join(name),
+                grant,
+                kind,
+                fd,
+            };
+            carve_one(entry, holes, ahead, out, depth + 1);
+        }
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(&path) else {
         return;
     };
     for e in entries.flatten() {
-        carve_one(&e.path(), grant, holes, out, depth + 1);
+        let entry = Rule {
+            path: e.path(),
+            grant,
+            kind: Kind::of(e.file_type().ok()),
+            fd: None,
+        };
+        carve_one(entry, holes, ahead, out, depth + 1);
     }
 }
 
@@ -216,18 +334,32 @@ impl Filling {
     ///
     /// # Errors
     /// When the kernel refuses a rule.
-    pub fn add(&mut self, rules: &[(PathBuf, Grant)]) -> Result<(), NativeError> {
+    pub fn add(&mut self, rules: &[Rule]) -> Result<(), NativeError> {
         let abi = abi_of(self.abi_n);
         let fs_all = AccessFs::from_all(abi);
         let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
         let file_rights = AccessFs::from_file(abi);
         let ruleset = self.fd.as_ref().ok_or_else(failed_earlier)?.as_raw_fd();
-        for (path, grant) in rules {
-            let Some(fd) = open_path(path) else { continue };
-            // On the descriptor just opened: no second walk of the path.
-            let is_file = nix::sys::stat::fstat(&fd)
-                .is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR);
-            let mut access = match grant {
+        for rule in rules {
+            let opened;
+            let fd = match &rule.fd {
+                Some(fd) => fd.as_fd(),
+                None => {
+                    let Some(fd) = open_path(&rule.path) else {
+                        continue;
+                    };
+                    opened = fd;
+                    opened.as_fd()
+                }
+            };
+            let is_file = match rule.kind {
+                Kind::Dir => false,
+                Kind::File => true,
+                // On the descriptor just opened: no second walk of the path.
+                Kind::Unknown => nix::sys::stat::fstat(fd)
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR),
+            };
+            let mut access = match rule.grant {
                 Grant::List => BitFlags::from(AccessFs::ReadDir),
                 Grant::Read => read,
                 Grant::Write => fs_all,
@@ -255,7 +387,7 @@ impl Filling {
                 return Err(NativeError::Landlock {
                     message: format!(
                         "add the rule for {}: {}",
-                        path.display(),
+                        rule.path.display(),
                         std::io::Error::last_os_error()
                     ),
                 });
@@ -337,7 +469,7 @@ pub fn absent() -> LandlockReport {
 ///
 /// # Errors
 /// When the ruleset cannot be built or applied.
-pub fn apply(rules: &[(PathBuf, Grant)], tcp: bool) -> Result<LandlockReport, NativeError> {
+pub fn apply(rules: &[Rule], tcp: bool) -> Result<LandlockReport, NativeError> {
     let Some(mut f) = create(tcp)? else {
         return Ok(absent());
     };
@@ -356,15 +488,21 @@ pub fn needs_proc(root: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// The rules as paths and grants.
+    fn plain(rules: Vec<Rule>) -> Vec<(PathBuf, Grant)> {
+        rules.into_iter().map(|r| (r.path, r.grant)).collect()
+    }
+
     /// `carve` of one root around one hole, its rules sorted by path.
     fn carve_sorted(root: PathBuf, grant: Grant, hole: PathBuf) -> Vec<(PathBuf, Grant)> {
-        let mut got = carve(
+        let mut got = plain(carve(
             &[(root, grant)],
             &[Hole {
                 path: hole,
                 keep: None,
             }],
-        );
+            &mut Vec::new(),
+        ));
         got.sort_by(|x, y| x.0.cmp(&y.0));
         got
     }
@@ -392,13 +530,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         std::fs::create_dir_all(root.join(".git/hooks")).unwrap();
-        let rules = carve(
+        let rules = plain(carve(
             &[(root.clone(), Grant::Write)],
             &[Hole {
                 path: root.join(".git/hooks"),
                 keep: Some(Grant::Read),
             }],
-        );
+            &mut Vec::new(),
+        ));
         assert!(rules.contains(&(root.join(".git/hooks"), Grant::Read)));
         assert!(!rules.contains(&(root.clone(), Grant::Write)));
     }
@@ -426,8 +565,66 @@ mod tests {
     }
 
     #[test]
+    fn carve_takes_a_listing_opened_ahead_instead_of_reading_again() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("secret"), "").unwrap();
+        std::fs::write(root.join("f"), "").unwrap();
+        let mut ahead = vec![preopen(&root, AHEAD_MAX).unwrap()];
+        // Made after the listing: not granted (the carve fails closed).
+        std::fs::write(root.join("late"), "").unwrap();
+        let hole = [Hole {
+            path: root.join("secret"),
+            keep: None,
+        }];
+        let mut rules = carve(&[(root.clone(), Grant::Read)], &hole, &mut ahead);
+        assert!(ahead.is_empty(), "the listing was used up");
+        rules.sort_by(|x, y| x.path.cmp(&y.path));
+        let got: Vec<_> = rules
+            .iter()
+            .map(|r| (r.path.clone(), r.grant, r.kind, r.fd.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (root.clone(), Grant::List, Kind::Unknown, false),
+                (root.join("d"), Grant::Read, Kind::Dir, true),
+                (root.join("f"), Grant::Read, Kind::File, true),
+            ]
+        );
+        assert!(preopen(&root, 2).is_none(), "more entries than allowed");
+    }
+
+    #[test]
+    fn base_carves_what_is_opened_ahead() {
+        let prof = crate::profile::Catalog::new(None)
+            .load("base", None)
+            .unwrap();
+        let vars = crate::profile::PathVars {
+            workspace: "/w".into(),
+            home: "/h".into(),
+            tmp: "/tmp".into(),
+        };
+        let spec = prof.resolve(&vars, &[]);
+        for dir in AHEAD {
+            assert!(
+                spec.fs
+                    .deny
+                    .iter()
+                    .any(|d| d.parent() == Some(Path::new(dir))),
+                "base denies nothing directly in {dir}: stop opening it ahead"
+            );
+            assert!(
+                spec.fs.read.iter().any(|r| r == Path::new(dir)),
+                "base does not grant {dir}: nothing to carve"
+            );
+        }
+    }
+
+    #[test]
     fn carve_without_holes_is_identity() {
-        let rules = carve(&[("/usr".into(), Grant::Read)], &[]);
+        let rules = plain(carve(&[("/usr".into(), Grant::Read)], &[], &mut Vec::new()));
         assert_eq!(rules, vec![(PathBuf::from("/usr"), Grant::Read)]);
     }
 }

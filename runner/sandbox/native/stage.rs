@@ -349,6 +349,19 @@ fn run(
         .filter(|t| private_dir(t).is_ok())
         .map(std::path::Path::to_path_buf);
     mark("prebuilt");
+    // Without namespaces the granted trees are carved around the deny
+    // paths, a rule (an open) per entry of each directory on the way:
+    // those it will most likely carve are listed and opened now, while the
+    // plan is on its way (the carve takes them, or they are closed).
+    let listings: Vec<ll::Listing> = if early == EarlyNamespaces::Later {
+        ll::AHEAD
+            .iter()
+            .filter_map(|d| ll::preopen(Path::new(d), ll::AHEAD_MAX))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    mark("opened-ahead");
     let plan = match read_plan(chan) {
         Ok(p) => p,
         // The runner decided not to launch (a refusal, a pending approval).
@@ -384,7 +397,7 @@ fn run(
         None => false,
     };
     let want_net = plan.spec.net.mode != NetMode::Host;
-    let mut ahead = Prepared::of(&plan, tmp_made)?;
+    let mut ahead = Prepared::of(&plan, tmp_made, listings)?;
     // The mount view needs the mount namespace only, not the pid one: with
     // the namespaces entered early and a plan that runs in them, it is
     // built now, by the stage. pid 1 mounts its /proc afterwards. The pids
@@ -963,6 +976,8 @@ struct Prepared {
     tmp_made: bool,
     /// pid 1's side of a ruleset the stage fills too.
     landlock: Option<SharedLandlock>,
+    /// Directories listed and opened for the carve ahead of the plan.
+    listings: Vec<ll::Listing>,
 }
 
 /// A Landlock ruleset the stage and pid 1 fill together (its descriptor is
@@ -1012,7 +1027,7 @@ fn fill_outside_proc(
         .collect();
     let report = match filling {
         None => b"F".to_vec(),
-        Some(mut f) => match f.add(&ll::carve(&roots, &holes)) {
+        Some(mut f) => match f.add(&ll::carve(&roots, &holes, &mut Vec::new())) {
             Ok(()) => b"F".to_vec(),
             Err(e) => [b"E".as_slice(), chain(&e).as_bytes()].concat(),
         },
@@ -1065,7 +1080,7 @@ fn landlock_inputs(
 }
 
 impl Prepared {
-    fn of(plan: &NativePlan, tmp_made: bool) -> StageResult<Self> {
+    fn of(plan: &NativePlan, tmp_made: bool, listings: Vec<ll::Listing>) -> StageResult<Self> {
         let spec = &plan.spec;
         let mut hidden = ns::expand_globs(&spec.fs.deny);
         rlimit::drop_closed_by_permissions(&mut hidden, plan.uid);
@@ -1093,6 +1108,7 @@ impl Prepared {
             view_prepared: None,
             tmp_made,
             landlock: None,
+            listings,
         })
     }
 }
@@ -1143,6 +1159,7 @@ fn init(
         view_prepared,
         tmp_made,
         landlock: shared,
+        mut listings,
     } = ahead;
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
@@ -1194,8 +1211,10 @@ fn init(
         roots.retain(|(r, _)| ll::needs_proc(r));
     }
     mark("view");
-    let rules = ll::carve(&roots, &holes);
-    if isolation == Isolation::LandlockOnly && rules.iter().any(|(_, g)| *g == Grant::List) {
+    let rules = ll::carve(&roots, &holes, &mut listings);
+    // Listings the carve did not take: closed now, not inherited.
+    drop(listings);
+    if isolation == Isolation::LandlockOnly && rules.iter().any(|r| r.grant == Grant::List) {
         notes.push("without a mount namespace, entry names (never contents) inside a denied directory whose parent is granted can be listed".into());
     }
     let inet = spec.net.mode != NetMode::None;
@@ -1263,6 +1282,8 @@ fn init(
             },
         )
     })?;
+    // The command exec'd: the rules' descriptors opened ahead are closed.
+    drop(rules);
     restore_cpus();
     release_output();
     let set = handled();
@@ -1543,7 +1564,7 @@ fn default_signals() {
 
 /// The command's Landlock rules, and the ruleset the stage filled too, if so.
 struct Landlock<'a> {
-    rules: &'a [(PathBuf, Grant)],
+    rules: &'a [ll::Rule],
     shared: Option<SharedLandlock>,
 }
 
@@ -1611,13 +1632,15 @@ fn command(
         }),
     )?;
     mark("forked");
-    setup(rlimit::apply(&spec.limits))?;
     setup(rlimit::drop_capabilities())?;
     setup(rlimit::no_new_privs())?;
     let inet = spec.net.mode != NetMode::None;
-    mark("limits");
     let report = setup(landlock.enforce(inet))?;
     mark("landlock");
+    // After the rules: a low `open_files` must not make their opens fail
+    // (the descriptors opened ahead hold low numbers until the exec).
+    setup(rlimit::apply(&spec.limits))?;
+    mark("limits");
     if report.abi < spec.require.landlock_abi {
         return Err((
             126,
