@@ -106,6 +106,8 @@ impl Rule {
 pub struct Listing {
     dir: PathBuf,
     entries: Vec<(std::ffi::OsString, Kind, Option<OwnedFd>)>,
+    /// The listing's remainder, when it stopped early: the carve reads on.
+    rest: Option<std::fs::ReadDir>,
 }
 
 /// The directories opened ahead in Landlock-only mode: the built-in base
@@ -113,20 +115,26 @@ pub struct Listing {
 /// every profile that extends it carves `/etc` there.
 pub const AHEAD: &[&str] = &["/etc"];
 
-/// At most this many entries are opened ahead per directory.
+/// At most this many entries are opened ahead per directory (the rest of
+/// the listing is left to the carve).
 pub const AHEAD_MAX: usize = 1024;
 
-/// Lists `dir` and opens each entry (`None` if it cannot be read or has
-/// more than `max` entries: the descriptors stay open until the launch).
-pub fn preopen(dir: &Path, max: usize) -> Option<Listing> {
+/// Lists `dir` and opens each entry, until `stop` says so (checked every
+/// few entries: the plan is in) or `max` are open; the rest of the
+/// listing is left for the carve. `None` if `dir` cannot be read.
+pub fn preopen(dir: &Path, max: usize, mut stop: impl FnMut() -> bool) -> Option<Listing> {
     use nix::fcntl::{OFlag, openat};
     let at = open_path(dir)?;
+    let mut listing = std::fs::read_dir(dir).ok()?;
     let mut entries = Vec::new();
-    for e in std::fs::read_dir(dir).ok()? {
-        let e = e.ok()?;
-        if entries.len() == max {
-            return None;
+    let mut rest = None;
+    loop {
+        if entries.len() == max || (entries.len() % 16 == 15 && stop()) {
+            rest = Some(listing);
+            break;
         }
+        let Some(e) = listing.next() else { break };
+        let Ok(e) = e else { continue };
         let name = e.file_name();
         // Relative to the directory: one component to walk, not the path.
         let fd = openat(
@@ -141,6 +149,7 @@ pub fn preopen(dir: &Path, max: usize) -> Option<Listing> {
     Some(Listing {
         dir: normal(dir),
         entries,
+        rest,
     })
 }
 
@@ -221,22 +230,23 @@ fn carve_one_inner(
         grant: Grant::List,
         ..rule
     });
-    if let Some(i) = ahead.iter().position(|l| l.dir == path) {
-        for (name, kind, fd) in ahead.swap_remove(i).entries {
-            let entry = Rule {
-                path: path.join(name),
-                grant,
-                kind,
-                fd,
-            };
-            carve_one(entry, holes, ahead, out, depth + 1);
+    let rest = match ahead.iter().position(|l| l.dir == path) {
+        Some(i) => {
+            let listing = ahead.swap_remove(i);
+            for (name, kind, fd) in listing.entries {
+                let entry = Rule {
+                    path: path.join(name),
+                    grant,
+                    kind,
+                    fd,
+                };
+                carve_one(entry, holes, ahead, out, depth + 1);
+            }
+            listing.rest
         }
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(&path) else {
-        return;
+        None => std::fs::read_dir(&path).ok(),
     };
-    for e in entries.flatten() {
+    for e in rest.into_iter().flatten().flatten() {
         let entry = Rule {
             path: e.path(),
             grant,
@@ -571,7 +581,7 @@ mod tests {
         std::fs::create_dir_all(root.join("d")).unwrap();
         std::fs::write(root.join("secret"), "").unwrap();
         std::fs::write(root.join("f"), "").unwrap();
-        let mut ahead = vec![preopen(&root, AHEAD_MAX).unwrap()];
+        let mut ahead = vec![preopen(&root, AHEAD_MAX, || false).unwrap()];
         // Made after the listing: not granted (the carve fails closed).
         std::fs::write(root.join("late"), "").unwrap();
         let hole = [Hole {
@@ -593,7 +603,22 @@ mod tests {
                 (root.join("f"), Grant::Read, Kind::File, true),
             ]
         );
-        assert!(preopen(&root, 2).is_none(), "more entries than allowed");
+        // Stopped early (here after one entry): the carve reads the rest
+        // of the same listing, and the rules are the same.
+        let mut ahead = vec![preopen(&root, 1, || false).unwrap()];
+        assert_eq!(ahead[0].entries.len(), 1);
+        let mut again = carve(&[(root.clone(), Grant::Read)], &hole, &mut ahead);
+        again.sort_by(|x, y| x.path.cmp(&y.path));
+        let paths = |r: &[Rule]| {
+            r.iter()
+                .map(|r| (r.path.clone(), r.grant))
+                .collect::<Vec<_>>()
+        };
+        let mut want = paths(&rules);
+        want.push((root.join("late"), Grant::Read));
+        want.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(paths(&again), want);
+        assert_eq!(again.iter().filter(|r| r.fd.is_some()).count(), 1);
     }
 
     #[test]

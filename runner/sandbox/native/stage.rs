@@ -266,6 +266,14 @@ fn setup<T>(r: Result<T, NativeError>) -> StageResult<T> {
     r.map_err(|e| (125, e))
 }
 
+/// Whether `s` has something to read now (no wait).
+fn readable(s: &UnixStream) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd as _;
+    let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}
+
 fn read_plan(chan: &mut Channel) -> Result<NativePlan, NativeError> {
     let mut len = [0u8; 4];
     chan.0
@@ -353,10 +361,16 @@ fn run(
     // paths, a rule (an open) per entry of each directory on the way:
     // those it will most likely carve are listed and opened now, while the
     // plan is on its way (the carve takes them, or they are closed).
+    // They stop when the plan is in (it must not wait for them).
     let listings: Vec<ll::Listing> = if early == EarlyNamespaces::Later {
+        let mut plan_in = false;
+        let mut stop = || {
+            plan_in = plan_in || readable(&chan.0);
+            plan_in
+        };
         ll::AHEAD
             .iter()
-            .filter_map(|d| ll::preopen(Path::new(d), ll::AHEAD_MAX))
+            .filter_map(|d| ll::preopen(Path::new(d), ll::AHEAD_MAX, &mut stop))
             .collect()
     } else {
         Vec::new()
