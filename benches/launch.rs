@@ -34,14 +34,20 @@ fn stats(mut v: Vec<Duration>) -> Stats {
 /// A named launch: how to build its command.
 type Case<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
 
-/// One launch of each case in turn, `n` rounds (after a tenth as warm-up):
-/// on a shared VM whose speed drifts within minutes, every case then sees
-/// the same drift, so their differences hold even when the absolute
-/// figures move.
+/// One launch of each case per round, `n` rounds (after a tenth as
+/// warm-up): on a shared VM whose speed drifts within minutes, every case
+/// then sees the same drift, so their differences hold even when the
+/// absolute figures move. The order is shuffled each round (fixed seed):
+/// a launch right after a namespaced one competes with that one's
+/// teardown, and in a fixed order the same case would always pay for it.
 fn interleaved(n: usize, cases: &[Case<'_>]) -> Vec<Stats> {
     let mut v: Vec<Vec<Duration>> = cases.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut order: Vec<usize> = (0..cases.len()).collect();
     for round in 0..n + n / 10 {
-        for (i, (_, make)) in cases.iter().enumerate() {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            let make = &cases[i].1;
             let c = make();
             let t = Instant::now();
             run_ok(c);
@@ -238,7 +244,7 @@ fn main() {
     };
 
     println!(
-        "taskbox launch benchmark: {n} rounds, each case once per round in turn (interleaved)"
+        "taskbox launch benchmark: {n} rounds, each case once per round, in an order shuffled each round (interleaved)"
     );
     let ustate = dir.path().join("state-65534");
     let root = nix_is_root();
