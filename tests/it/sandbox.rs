@@ -938,3 +938,49 @@ fn no_process_of_a_task_shows_the_runner_environment() {
         );
     });
 }
+
+/// A symlink inside a granted directory must not carry a grant to a deny
+/// path: without namespaces the deny is a carve (a Landlock rule per
+/// entry of the directory), and Landlock grants the inode a rule's
+/// descriptor reaches, so a rule for `link -> secret`, or for
+/// `up -> ..` (a directory that holds the secret), would grant the
+/// secret itself. A link to a granted sibling still works.
+#[test]
+fn a_symlink_in_a_granted_directory_does_not_grant_the_deny_path() {
+    each(|t| {
+        let dir = t.root.join("linked");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret"), "SECRET-BEHIND-A-LINK\n").unwrap();
+        std::fs::write(dir.join("fine"), "fine-content\n").unwrap();
+        std::os::unix::fs::symlink("secret", dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(&t.root, dir.join("up")).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
+        std::os::unix::fs::symlink("fine", dir.join("alias")).unwrap();
+        for p in ["", "secret", "fine"] {
+            t.own(&dir.join(p));
+        }
+        let d = dir.display();
+        let profile = t.profile(
+            "linked",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\nread = [\"{d}\"]\ndeny = [\"{d}/secret\"]\n",
+                t.base()
+            ),
+        );
+        let r = t.sh(
+            &profile,
+            &format!(
+                "cat {d}/alias; cat {d}/secret; cat {d}/link; cat {d}/up/linked/secret; cat {d}/root{d}/secret; echo done"
+            ),
+        );
+        assert!(r.stdout.contains("done"), "{r:?}");
+        assert!(
+            r.stdout.contains("fine-content"),
+            "a link to a granted sibling broke: {r:?}"
+        );
+        assert!(
+            !r.stdout.contains("SECRET-BEHIND-A-LINK"),
+            "the deny path leaked: {r:?}"
+        );
+    });
+}

@@ -83,6 +83,11 @@ pub struct Rule {
     pub grant: Grant,
     kind: Kind,
     fd: Option<OwnedFd>,
+    /// An entry of a carved directory, not a root of the profile: its
+    /// last component is never followed when its type was a directory or
+    /// a file (a symlink swapped in since gets a rule on itself, which
+    /// grants nothing).
+    entry: bool,
 }
 
 impl Rule {
@@ -92,7 +97,46 @@ impl Rule {
             grant,
             kind: Kind::Unknown,
             fd: None,
+            entry: false,
         }
+    }
+
+    /// An entry of a carved directory; `None` if it must get no rule: a
+    /// symlink (or an entry of unknown type) is opened, following it, and
+    /// dropped when what it resolves to is a hole, lies in one, or holds
+    /// one. Landlock grants the inode a descriptor reaches, so a rule for
+    /// `link -> secret` or `up -> ..` would grant the hole itself; without
+    /// a rule the link's target is reachable only through its own grants.
+    fn entry(
+        path: PathBuf,
+        grant: Grant,
+        kind: Kind,
+        fd: Option<OwnedFd>,
+        holes: &[Hole],
+    ) -> Option<Self> {
+        let fd = match kind {
+            Kind::Unknown => {
+                let fd = fd.or_else(|| open_path(&path, false))?;
+                let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+                let conflict = holes.iter().any(|h| {
+                    bytes(&h.path) == bytes(&real)
+                        || strictly_below(&real, &h.path)
+                        || strictly_below(&h.path, &real)
+                });
+                if conflict {
+                    return None;
+                }
+                Some(fd)
+            }
+            Kind::Dir | Kind::File => fd,
+        };
+        Some(Self {
+            path,
+            grant,
+            kind,
+            fd,
+            entry: true,
+        })
     }
 }
 
@@ -124,7 +168,7 @@ pub const AHEAD_MAX: usize = 1024;
 /// listing is left for the carve. `None` if `dir` cannot be read.
 pub fn preopen(dir: &Path, max: usize, mut stop: impl FnMut() -> bool) -> Option<Listing> {
     use nix::fcntl::{OFlag, openat};
-    let at = open_path(dir)?;
+    let at = open_path(dir, false)?;
     let mut listing = std::fs::read_dir(dir).ok()?;
     let mut entries = Vec::new();
     let mut rest = None;
@@ -137,14 +181,22 @@ pub fn preopen(dir: &Path, max: usize, mut stop: impl FnMut() -> bool) -> Option
         let Ok(e) = e else { continue };
         let name = e.file_name();
         // Relative to the directory: one component to walk, not the path.
+        // An entry listed as a directory or a file is not followed should
+        // it have become a symlink since (see `Rule::entry`).
+        let kind = Kind::of(e.file_type().ok());
+        let follow = if kind == Kind::Unknown {
+            OFlag::empty()
+        } else {
+            OFlag::O_NOFOLLOW
+        };
         let fd = openat(
             &at,
             name.as_os_str(),
-            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            OFlag::O_PATH | OFlag::O_CLOEXEC | follow,
             nix::sys::stat::Mode::empty(),
         )
         .ok();
-        entries.push((name, Kind::of(e.file_type().ok()), fd));
+        entries.push((name, kind, fd));
     }
     Some(Listing {
         dir: normal(dir),
@@ -159,14 +211,23 @@ pub fn preopen(dir: &Path, max: usize, mut stop: impl FnMut() -> bool) -> Option
 /// comparisons parse components on every call, and carving compares every
 /// root and entry with every hole: that was most of its cost). A directory
 /// with a [`Listing`] among `ahead` is carved from it, not read again.
+///
+/// Each hole counts under its real path too (a deny path spelled through a
+/// symlinked parent): no entry may resolve to it under either.
 pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing>) -> Vec<Rule> {
-    let holes: Vec<Hole> = holes
-        .iter()
-        .map(|h| Hole {
-            path: normal(&h.path),
-            keep: h.keep,
-        })
-        .collect();
+    let mut spelled: Vec<Hole> = Vec::new();
+    for h in holes {
+        let path = normal(&h.path);
+        let real = std::fs::canonicalize(&path).ok().filter(|r| *r != path);
+        spelled.push(Hole { path, keep: h.keep });
+        if let Some(real) = real {
+            spelled.push(Hole {
+                path: real,
+                keep: h.keep,
+            });
+        }
+    }
+    let holes = spelled;
     let mut out = Vec::new();
     for (root, grant) in roots {
         carve_one(Rule::new(normal(root), *grant), &holes, ahead, &mut out, 0);
@@ -234,26 +295,19 @@ fn carve_one_inner(
         Some(i) => {
             let listing = ahead.swap_remove(i);
             for (name, kind, fd) in listing.entries {
-                let entry = Rule {
-                    path: path.join(name),
-                    grant,
-                    kind,
-                    fd,
-                };
-                carve_one(entry, holes, ahead, out, depth + 1);
+                if let Some(entry) = Rule::entry(path.join(name), grant, kind, fd, holes) {
+                    carve_one(entry, holes, ahead, out, depth + 1);
+                }
             }
             listing.rest
         }
         None => std::fs::read_dir(&path).ok(),
     };
     for e in rest.into_iter().flatten().flatten() {
-        let entry = Rule {
-            path: e.path(),
-            grant,
-            kind: Kind::of(e.file_type().ok()),
-            fd: None,
-        };
-        carve_one(entry, holes, ahead, out, depth + 1);
+        let kind = Kind::of(e.file_type().ok());
+        if let Some(entry) = Rule::entry(e.path(), grant, kind, None, holes) {
+            carve_one(entry, holes, ahead, out, depth + 1);
+        }
     }
 }
 
@@ -355,7 +409,7 @@ impl Filling {
             let fd = match &rule.fd {
                 Some(fd) => fd.as_fd(),
                 None => {
-                    let Some(fd) = open_path(&rule.path) else {
+                    let Some(fd) = open_path(&rule.path, rule.entry) else {
                         continue;
                     };
                     opened = fd;
@@ -445,20 +499,15 @@ fn failed_earlier() -> NativeError {
     }
 }
 
-/// `path` opened `O_PATH | O_CLOEXEC` by the raw `openat` (libc's `open`
-/// follows it with an `fcntl` for close-on-exec, for kernels that predate
-/// the flag); `None` if it cannot be opened (nothing to grant).
-fn open_path(path: &Path) -> Option<OwnedFd> {
+/// `path` opened `O_PATH | O_CLOEXEC` (and `O_NOFOLLOW` with `nofollow`)
+/// by the raw `openat` (libc's `open` follows it with an `fcntl` for
+/// close-on-exec, for kernels that predate the flag); `None` if it cannot
+/// be opened (nothing to grant).
+fn open_path(path: &Path, nofollow: bool) -> Option<OwnedFd> {
     let c = super::ns::cstring(path)?;
+    let flags = libc::O_PATH | libc::O_CLOEXEC | if nofollow { libc::O_NOFOLLOW } else { 0 };
     // SAFETY: a NUL-terminated path valid for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c.as_ptr(), flags) };
     let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: the kernel just returned this descriptor; nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -619,6 +668,40 @@ mod tests {
         want.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(paths(&again), want);
         assert_eq!(again.iter().filter(|r| r.fd.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn carve_gives_no_rule_to_a_link_that_reaches_a_hole() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("secret"), "").unwrap();
+        std::fs::write(root.join("fine"), "").unwrap();
+        std::os::unix::fs::symlink("secret", root.join("link")).unwrap();
+        std::os::unix::fs::symlink(t.path(), root.join("up")).unwrap();
+        std::os::unix::fs::symlink("fine", root.join("alias")).unwrap();
+        let hole = [Hole {
+            path: root.join("secret"),
+            keep: None,
+        }];
+        for ahead in [false, true] {
+            let mut listings: Vec<Listing> = if ahead {
+                vec![preopen(&root, AHEAD_MAX, || false).unwrap()]
+            } else {
+                Vec::new()
+            };
+            let mut got = plain(carve(&[(root.clone(), Grant::Read)], &hole, &mut listings));
+            got.sort_by(|x, y| x.0.cmp(&y.0));
+            assert_eq!(
+                got,
+                vec![
+                    (root.clone(), Grant::List),
+                    (root.join("alias"), Grant::Read),
+                    (root.join("fine"), Grant::Read),
+                ],
+                "opened ahead: {ahead}"
+            );
+        }
     }
 
     #[test]
