@@ -117,3 +117,56 @@ fn a_task_cannot_approve_anything() {
     );
     t.taskbox(&["run", "--task", &id]).code(126);
 }
+
+/// Shared-change writes the workspace in place, with `.git/hooks` and
+/// `.git/config` kept read-only. Links planted there before the task must
+/// not carry the write grant to them: without namespaces the protection
+/// is a Landlock carve, and a carve rule for `hooklink -> .git/hooks`
+/// would grant the directory itself (the build before this test wrote
+/// both hooks below, the direct one too). Every mode.
+#[test]
+fn links_in_a_shared_change_workspace_do_not_reach_protected_paths() {
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        std::fs::create_dir_all(t.ws.join(".git/hooks")).unwrap();
+        std::fs::write(t.ws.join(".git/config"), "[core]\n").unwrap();
+        std::os::unix::fs::symlink(".git/hooks", t.ws.join("hooklink")).unwrap();
+        std::os::unix::fs::symlink(".git", t.ws.join("gitlink")).unwrap();
+        t.own(&t.ws);
+        let script = "echo evil > .git/hooks/pre-commit; echo evil > hooklink/post-commit; \
+                      echo evil > gitlink/hooks/pre-push; echo '[x]' >> gitlink/config; \
+                      echo deployed >> hello.txt; echo end";
+        let r = t.taskbox(&[
+            "run",
+            "-p",
+            "shared-change",
+            "--json",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ]);
+        r.code(126);
+        let id = r.json()["task"].as_str().unwrap().to_owned();
+        t.taskbox(&["approve", &id, "--by", "carol", "--reason", "reviewed"])
+            .code(0);
+        let r = t.taskbox(&["run", "--task", &id]);
+        assert!(r.stdout.contains("end"), "{m:?}: {r:?}");
+        for hook in ["pre-commit", "post-commit", "pre-push"] {
+            assert!(
+                !t.ws.join(".git/hooks").join(hook).exists(),
+                "{m:?}: hook {hook} written: {r:?}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join(".git/config")).unwrap(),
+            "[core]\n",
+            "{m:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
+            "hello\ndeployed\n",
+            "{m:?}: the ordinary write must still land: {r:?}"
+        );
+    }
+}

@@ -530,14 +530,25 @@ fn protected_paths_stay_read_only_in_explore() {
         std::fs::write(t.ws.join(".git/config"), "[core]\n").unwrap();
         std::fs::write(t.ws.join(".envrc"), "orig\n").unwrap();
         std::fs::create_dir_all(t.ws.join("src")).unwrap();
+        // Links planted before the task (by an earlier one, say): without
+        // namespaces a carve rule for a link would grant its target.
+        std::os::unix::fs::symlink(".git/hooks", t.ws.join("hooklink")).unwrap();
+        std::os::unix::fs::symlink(".git", t.ws.join("gitlink")).unwrap();
         t.own(&t.ws);
         let r = t.sh(
             "explore",
             "echo evil > .git/hooks/pre-commit; echo '[core] hooksPath=/x' >> .git/config; echo evil >> .envrc; \
+             echo evil > hooklink/post-commit; echo evil > gitlink/hooks/pre-push; echo '[x]' >> gitlink/config; \
              mv .git .git-old; echo ok > src/new.rs; echo end",
         );
         assert!(r.stdout.contains("end"), "{r:?}");
         assert!(!t.ws.join(".git/hooks/pre-commit").exists(), "hook written");
+        for hook in ["post-commit", "pre-push"] {
+            assert!(
+                !t.ws.join(".git/hooks").join(hook).exists(),
+                "hook {hook} written through a link: {r:?}"
+            );
+        }
         assert_eq!(
             std::fs::read_to_string(t.ws.join(".git/config")).unwrap(),
             "[core]\n"
