@@ -274,12 +274,11 @@ fn host_secrets_are_denied_and_permissions_stand_in_only_where_they_close_a_path
         }
         t.own(&dir);
         let d = dir.display();
-        let profile = t.profile(
+        let profile = reading_with_denies(
+            t,
             "secrets",
-            &format!(
-                "extends = \"{}\"\n[filesystem]\nread = [\"{d}\"]\ndeny = [\"{d}/other-readable\", \"{d}/other-closed\", \"{d}/own-000\"]\n",
-                t.base()
-            ),
+            &dir,
+            &["other-readable", "other-closed", "own-000"],
         );
         let r = t.sh(
             &profile,
@@ -971,13 +970,7 @@ fn a_symlink_in_a_granted_directory_does_not_grant_the_deny_path() {
             t.own(&dir.join(p));
         }
         let d = dir.display();
-        let profile = t.profile(
-            "linked",
-            &format!(
-                "extends = \"{}\"\n[filesystem]\nread = [\"{d}\"]\ndeny = [\"{d}/secret\"]\n",
-                t.base()
-            ),
-        );
+        let profile = reading_with_denies(t, "linked", &dir, &["secret"]);
         let r = t.sh(
             &profile,
             &format!(
@@ -994,4 +987,19 @@ fn a_symlink_in_a_granted_directory_does_not_grant_the_deny_path() {
             "the deny path leaked: {r:?}"
         );
     });
+}
+
+/// A profile on the mode's base that grants reading `dir` and denies the
+/// named entries of it.
+fn reading_with_denies(t: &TestBox, name: &str, dir: &std::path::Path, deny: &[&str]) -> String {
+    let d = dir.display();
+    let deny: Vec<String> = deny.iter().map(|e| format!("\"{d}/{e}\"")).collect();
+    t.profile(
+        name,
+        &format!(
+            "extends = \"{}\"\n[filesystem]\nread = [\"{d}\"]\ndeny = [{}]\n",
+            t.base(),
+            deny.join(", ")
+        ),
+    )
 }
