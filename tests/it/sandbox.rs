@@ -966,18 +966,28 @@ fn a_symlink_in_a_granted_directory_does_not_grant_the_deny_path() {
         std::os::unix::fs::symlink(&t.root, dir.join("up")).unwrap();
         std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
         std::os::unix::fs::symlink("fine", dir.join("alias")).unwrap();
-        for p in ["", "secret", "fine"] {
+        // A deny path that is itself a link (a dotfile manager's
+        // `~/.netrc -> dotfiles/netrc`): its target is denied too.
+        std::fs::create_dir_all(dir.join("dotfiles")).unwrap();
+        std::fs::write(dir.join("dotfiles/netrc"), "SECRET-LINKED-TARGET\n").unwrap();
+        std::os::unix::fs::symlink("dotfiles/netrc", dir.join("netrc")).unwrap();
+        for p in ["", "secret", "fine", "dotfiles", "dotfiles/netrc"] {
             t.own(&dir.join(p));
         }
         let d = dir.display();
-        let profile = reading_with_denies(t, "linked", &dir, &["secret"]);
+        let profile = reading_with_denies(t, "linked", &dir, &["secret", "netrc"]);
         let r = t.sh(
             &profile,
             &format!(
-                "cat {d}/alias; cat {d}/secret; cat {d}/link; cat {d}/up/linked/secret; cat {d}/root{d}/secret; echo done"
+                "cat {d}/alias; cat {d}/secret; cat {d}/link; cat {d}/up/linked/secret; cat {d}/root{d}/secret; \
+                 cat {d}/netrc; cat {d}/dotfiles/netrc; echo done"
             ),
         );
         assert!(r.stdout.contains("done"), "{r:?}");
+        assert!(
+            !r.stdout.contains("SECRET-LINKED-TARGET"),
+            "a denied link's target leaked: {r:?}"
+        );
         assert!(
             r.stdout.contains("fine-content"),
             "a link to a granted sibling broke: {r:?}"
