@@ -112,13 +112,13 @@ impl Rule {
         grant: Grant,
         kind: Kind,
         fd: Option<OwnedFd>,
-        holes: &[Hole],
+        holes: &Holes,
     ) -> Option<Self> {
         let fd = match kind {
             Kind::Unknown => {
                 let fd = fd.or_else(|| open_path(&path, false))?;
                 let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-                let conflict = holes.iter().any(|h| {
+                let conflict = holes.list.iter().any(|h| {
                     bytes(&h.path) == bytes(&real)
                         || strictly_below(&real, &h.path)
                         || strictly_below(&h.path, &real)
@@ -129,6 +129,24 @@ impl Rule {
                 Some(fd)
             }
             Kind::Dir | Kind::File => fd,
+        };
+        // Another hard link to a denied file: no rule, or it would grant
+        // the file under every name.
+        let fd = match (kind, holes.linked.is_empty()) {
+            (Kind::Dir, _) | (_, true) => fd,
+            _ => {
+                let fd = fd.or_else(|| open_path(&path, true))?;
+                let st = nix::sys::stat::fstat(&fd).ok()?;
+                #[allow(
+                    clippy::useless_conversion,
+                    reason = "dev_t and ino_t differ by target"
+                )]
+                let id = (u64::from(st.st_dev), u64::from(st.st_ino));
+                if holes.linked.contains(&id) {
+                    return None;
+                }
+                Some(fd)
+            }
         };
         Some(Self {
             path,
@@ -205,6 +223,13 @@ pub fn preopen(dir: &Path, max: usize, mut stop: impl FnMut() -> bool) -> Option
     })
 }
 
+/// The holes a carve works around: each under every spelling it has, and
+/// the files among them that have other hard links (by device and inode).
+struct Holes {
+    list: Vec<Hole>,
+    linked: Vec<(u64, u64)>,
+}
+
 /// Rules after carving holes.
 ///
 /// Paths are compared as bytes after one normalisation each (`Path`'s own
@@ -227,7 +252,22 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing
             });
         }
     }
-    let holes = spelled;
+    // A denied file with other hard links: an entry that is one of them
+    // would grant the file itself (Landlock rules are on inodes). Files
+    // have one link as a rule, so this costs nothing then.
+    let linked = spelled
+        .iter()
+        .filter_map(|h| std::fs::metadata(&h.path).ok())
+        .filter(|m| m.is_file() && std::os::unix::fs::MetadataExt::nlink(m) > 1)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.dev(), m.ino())
+        })
+        .collect();
+    let holes = Holes {
+        list: spelled,
+        linked,
+    };
     let mut out = Vec::new();
     for (root, grant) in roots {
         carve_one(Rule::new(normal(root), *grant), &holes, ahead, &mut out, 0);
@@ -253,12 +293,16 @@ fn strictly_below(inner: &Path, outer: &Path) -> bool {
 
 fn carve_one(
     mut rule: Rule,
-    holes: &[Hole],
+    holes: &Holes,
     ahead: &mut Vec<Listing>,
     out: &mut Vec<Rule>,
     depth: usize,
 ) {
-    if let Some(h) = holes.iter().find(|h| bytes(&h.path) == bytes(&rule.path)) {
+    if let Some(h) = holes
+        .list
+        .iter()
+        .find(|h| bytes(&h.path) == bytes(&rule.path))
+    {
         if let Some(keep) = h.keep {
             rule.grant = if keep == Grant::Read || rule.grant == Grant::Read {
                 Grant::Read
@@ -274,12 +318,15 @@ fn carve_one(
 
 fn carve_one_inner(
     rule: Rule,
-    holes: &[Hole],
+    holes: &Holes,
     ahead: &mut Vec<Listing>,
     out: &mut Vec<Rule>,
     depth: usize,
 ) {
-    let inside = holes.iter().any(|h| strictly_below(&h.path, &rule.path));
+    let inside = holes
+        .list
+        .iter()
+        .any(|h| strictly_below(&h.path, &rule.path));
     if !inside || depth > 32 {
         out.push(rule);
         return;
