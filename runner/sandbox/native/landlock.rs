@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStringExt as _;
 
 use landlock::{ABI, Access, AccessFs, AccessNet, BitFlags, Ruleset, RulesetAttr, Scope};
 
@@ -240,10 +241,31 @@ struct Holes {
 /// Each hole counts under its real path too (a deny path spelled through a
 /// symlinked parent): no entry may resolve to it under either.
 pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing>) -> Vec<Rule> {
+    // One `lstat` per hole; a hole that exists is resolved (most do not:
+    // the built-in list names stores a caller may not have).
     let mut spelled: Vec<Hole> = Vec::new();
+    let mut linked = Vec::new();
     for h in holes {
         let path = normal(&h.path);
-        let real = std::fs::canonicalize(&path).ok().filter(|r| *r != path);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            spelled.push(Hole { path, keep: h.keep });
+            continue;
+        };
+        let real = real_path(&path).filter(|r| *r != path);
+        // A denied file with other hard links: an entry that is one of
+        // them would grant the file itself (Landlock rules are on inodes).
+        // Files have one link as a rule, so this costs nothing then.
+        let meta = if meta.file_type().is_symlink() {
+            real.as_deref().and_then(|r| std::fs::metadata(r).ok())
+        } else {
+            Some(meta)
+        };
+        if let Some(m) = meta.filter(|m| m.is_file()) {
+            use std::os::unix::fs::MetadataExt as _;
+            if m.nlink() > 1 {
+                linked.push((m.dev(), m.ino()));
+            }
+        }
         spelled.push(Hole { path, keep: h.keep });
         if let Some(real) = real {
             spelled.push(Hole {
@@ -252,18 +274,6 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing
             });
         }
     }
-    // A denied file with other hard links: an entry that is one of them
-    // would grant the file itself (Landlock rules are on inodes). Files
-    // have one link as a rule, so this costs nothing then.
-    let linked = spelled
-        .iter()
-        .filter_map(|h| std::fs::metadata(&h.path).ok())
-        .filter(|m| m.is_file() && std::os::unix::fs::MetadataExt::nlink(m) > 1)
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt as _;
-            (m.dev(), m.ino())
-        })
-        .collect();
     let holes = Holes {
         list: spelled,
         linked,
@@ -273,6 +283,23 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing
         carve_one(Rule::new(normal(root), *grant), &holes, ahead, &mut out, 0);
     }
     out
+}
+
+/// `p` with every symlink resolved, by `realpath` into a buffer of ours
+/// (`std::fs::canonicalize` has musl allocate the result: an `mmap` and a
+/// `munmap` per call).
+fn real_path(p: &Path) -> Option<PathBuf> {
+    let c = super::ns::cstring(p)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `c` is NUL-terminated; `buf` holds PATH_MAX + 1 bytes, the
+    // most realpath writes.
+    let r = unsafe { libc::realpath(c.as_ptr(), buf.as_mut_ptr().cast()) };
+    if r.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|b| *b == 0)?;
+    buf.truncate(len);
+    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
 /// One spelling per path (no `.`, no repeated or trailing `/`), so that
