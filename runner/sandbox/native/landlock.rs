@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::unix::ffi::OsStringExt as _;
 
 use landlock::{ABI, Access, AccessFs, AccessNet, BitFlags, Ruleset, RulesetAttr, Scope};
 
@@ -251,7 +250,7 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing
             spelled.push(Hole { path, keep: h.keep });
             continue;
         };
-        let real = real_path(&path).filter(|r| *r != path);
+        let real = super::ns::real_path(&path).filter(|r| *r != path);
         // A denied file with other hard links: an entry that is one of
         // them would grant the file itself (Landlock rules are on inodes).
         // Files have one link as a rule, so this costs nothing then.
@@ -283,23 +282,6 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing
         carve_one(Rule::new(normal(root), *grant), &holes, ahead, &mut out, 0);
     }
     out
-}
-
-/// `p` with every symlink resolved, by `realpath` into a buffer of ours
-/// (`std::fs::canonicalize` has musl allocate the result: an `mmap` and a
-/// `munmap` per call).
-fn real_path(p: &Path) -> Option<PathBuf> {
-    let c = super::ns::cstring(p)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `c` is NUL-terminated; `buf` holds PATH_MAX + 1 bytes, the
-    // most realpath writes.
-    let r = unsafe { libc::realpath(c.as_ptr(), buf.as_mut_ptr().cast()) };
-    if r.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|b| *b == 0)?;
-    buf.truncate(len);
-    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
 /// One spelling per path (no `.`, no repeated or trailing `/`), so that

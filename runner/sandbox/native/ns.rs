@@ -302,12 +302,12 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let mut seen: Vec<PathBuf> = Vec::new();
     for d in p.mask_dirs {
-        let real = std::fs::canonicalize(d);
-        if !proc && (in_proc(d) || real.as_deref().is_ok_and(in_proc)) {
+        let real = real_path(d);
+        if !proc && (in_proc(d) || real.as_deref().is_some_and(in_proc)) {
             later.mask_dirs.push(d.clone());
             continue;
         }
-        let Ok(real) = real else {
+        let Some(real) = real else {
             continue;
         };
         if in_proc(&real) != proc || seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
@@ -333,7 +333,7 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         let Ok(meta) = std::fs::symlink_metadata(d) else {
             continue;
         };
-        let target = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        let target = real_path(d).unwrap_or_else(|| d.clone());
         if in_proc(&target) != proc {
             if !proc {
                 later.deny.push(d.clone());
@@ -554,6 +554,24 @@ pub fn expand_globs(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// A path as a C string, for exec.
 pub fn cstring(p: &Path) -> Option<CString> {
     CString::new(p.as_os_str().as_bytes()).ok()
+}
+
+/// `p` with every symlink resolved, by `realpath` into a buffer of ours
+/// (`std::fs::canonicalize` has musl allocate the result: an `mmap` and a
+/// `munmap` per call); `None` if it does not resolve.
+pub fn real_path(p: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let c = cstring(p)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `c` is NUL-terminated; `buf` holds PATH_MAX + 1 bytes, the
+    // most realpath writes.
+    let r = unsafe { libc::realpath(c.as_ptr(), buf.as_mut_ptr().cast()) };
+    if r.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|b| *b == 0)?;
+    buf.truncate(len);
+    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
 /// Whether this process can create a user namespace (tried in a throwaway child).
