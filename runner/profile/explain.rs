@@ -62,6 +62,22 @@ pub fn explain(p: &Profile) -> String {
     let _ = writeln!(o, "can read: {}", list(&strs(&p.fs.read)));
     let _ = writeln!(o, "can write: {}", list(&strs(&p.fs.write)));
     let _ = writeln!(o, "can never read or write: {}", list(&strs(&p.fs.deny)));
+    // Landlock carves a deny path out of a writable tree (without
+    // namespaces always, with them where it is not there to mask): its
+    // parents keep their entries' rights, but take no new entries.
+    let carved: Vec<String> =
+        p.fs.deny
+            .iter()
+            .filter(|d| p.fs.write.iter().any(|w| w.covers(d) && w != *d))
+            .map(|d| d.as_str().to_owned())
+            .collect();
+    if !carved.is_empty() {
+        let _ = writeln!(
+            o,
+            "denied inside writable trees (the directories on the way to them take no new entries): {}",
+            list(&carved)
+        );
+    }
     let protected: Vec<String> = PROTECTED
         .iter()
         .map(|(rel, _)| format!("{{workspace}}/{rel}"))

@@ -1009,6 +1009,50 @@ fn a_symlink_in_a_granted_directory_does_not_grant_the_deny_path() {
     });
 }
 
+#[test]
+fn a_deny_path_not_there_at_launch_cannot_be_made_in_a_writable_tree() {
+    each(|t| {
+        // `write = ["{home}"]` with `{home}/.ssh` denied: were the task able
+        // to make `~/.ssh/authorized_keys`, the host would let it log in.
+        let dir = t.root.join("rw-home");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/existing"), "before\n").unwrap();
+        std::fs::write(dir.join("victim"), "movable\n").unwrap();
+        t.own(&dir);
+        let d = dir.display();
+        let profile = t.profile(
+            "rw-home",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\nwrite = [\"{d}\"]\ndeny = [\"{d}/.ssh\", \"{d}/sub/creds\"]\n",
+                t.base()
+            ),
+        );
+        let r = t.sh(
+            &profile,
+            &format!(
+                "mkdir -p {d}/.ssh; echo key > {d}/.ssh/authorized_keys; echo x > {d}/sub/creds; \
+                 mv {d}/victim {d}/sub/creds; ln -s /etc/passwd {d}/sub/creds; \
+                 echo after >> {d}/sub/existing; echo done"
+            ),
+        );
+        assert!(r.stdout.contains("done"), "{r:?}");
+        for made in [dir.join(".ssh"), dir.join("sub/creds")] {
+            assert!(
+                std::fs::symlink_metadata(&made).is_err(),
+                "the task made the deny path {}: {r:?}",
+                made.display()
+            );
+        }
+        assert!(dir.join("victim").exists(), "moved away: {r:?}");
+        // What is there stays writable.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("sub/existing")).unwrap(),
+            "before\nafter\n",
+            "{r:?}"
+        );
+    });
+}
+
 /// A profile on the mode's base that grants reading `dir` and denies the
 /// named entries of it.
 fn reading_with_denies(t: &TestBox, name: &str, dir: &std::path::Path, deny: &[&str]) -> String {

@@ -174,8 +174,19 @@ pub struct Listing {
 
 /// The directories opened ahead in Landlock-only mode: the built-in base
 /// denies the host's secrets directly inside `/etc` (`/etc/shadow`), so
-/// every profile that extends it carves `/etc` there.
+/// every profile that extends it carves `/etc` there, for uid 0 (see
+/// [`worth_opening_ahead`]).
 pub const AHEAD: &[&str] = &["/etc"];
+
+/// Whether a caller of this uid is likely to carve [`AHEAD`]: file
+/// permissions close `/etc/shadow` and its kind to everyone but root, so
+/// for other callers they are no holes (`rlimit::drop_closed_by_permissions`),
+/// and the absent ones are none either (see `Writable`). Wrong either way
+/// costs time only: the carve reads what was not opened ahead, and what
+/// was is closed unused.
+pub fn worth_opening_ahead(uid: u32) -> bool {
+    uid == 0
+}
 
 /// At most this many entries are opened ahead per directory (the rest of
 /// the listing is left to the carve).
@@ -239,17 +250,46 @@ struct Holes {
 ///
 /// Each hole counts under its real path too (a deny path spelled through a
 /// symlinked parent): no entry may resolve to it under either.
-pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing>) -> Vec<Rule> {
+pub fn carve(
+    roots: &[(PathBuf, Grant)],
+    holes: &[Hole],
+    ahead: &mut Vec<Listing>,
+    existing: Existing,
+) -> Vec<Rule> {
     // One `lstat` per hole; a hole that exists is resolved (most do not:
     // the built-in list names stores a caller may not have).
     let mut spelled: Vec<Hole> = Vec::new();
     let mut linked = Vec::new();
+    let mut writable = Writable::of(roots);
+    let holes = if existing == Existing::Masked && writable.roots.is_empty() {
+        &[]
+    } else {
+        holes
+    };
     for h in holes {
         let path = normal(&h.path);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            spelled.push(Hole { path, keep: h.keep });
-            continue;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if not_there(&e) => {
+                if let Some(made) = writable.could_make(&path) {
+                    if made != path {
+                        spelled.push(Hole {
+                            path: made,
+                            keep: h.keep,
+                        });
+                    }
+                    spelled.push(Hole { path, keep: h.keep });
+                }
+                continue;
+            }
+            Err(_) => {
+                spelled.push(Hole { path, keep: h.keep });
+                continue;
+            }
         };
+        if existing == Existing::Masked {
+            continue;
+        }
         let real = super::ns::real_path(&path).filter(|r| *r != path);
         // A denied file with other hard links: an entry that is one of
         // them would grant the file itself (Landlock rules are on inodes).
@@ -282,6 +322,111 @@ pub fn carve(roots: &[(PathBuf, Grant)], holes: &[Hole], ahead: &mut Vec<Listing
         carve_one(Rule::new(normal(root), *grant), &holes, ahead, &mut out, 0);
     }
     out
+}
+
+/// What [`carve`] does with a hole that exists at launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Carves it out (without namespaces: Landlock alone holds it).
+    Carved,
+    /// Leaves it to the mount that masks it (with namespaces); only a hole
+    /// not there, that the task could make, is carved.
+    Masked,
+}
+
+/// Whether a failed `lstat` says the path is not there (rather than out
+/// of reach, which keeps it a hole).
+fn not_there(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+/// Where the task may make entries: the write-granted roots, as spelled and
+/// resolved. A deny path that does not exist at launch is carved out only
+/// where the task could make it appear (or put a file of its own there);
+/// in a tree it may only read it cannot, so it costs no rule. Carving
+/// for one took a rule per entry of each directory on the way: the
+/// built-in list names `/etc` stores most hosts lack (`/etc/krb5.keytab`,
+/// `/etc/wireguard`), and that carved all of `/etc` for every caller.
+/// With namespaces the masks cover what exists at launch, and this the
+/// rest ([`Existing::Masked`]).
+struct Writable {
+    roots: Vec<PathBuf>,
+    /// Ancestors already looked at: each as it resolves (an absent one:
+    /// its nearest existing ancestor resolved, and the rest), and whether
+    /// the task could make entries there.
+    seen: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+impl Writable {
+    fn of(roots: &[(PathBuf, Grant)]) -> Self {
+        let mut out = Vec::new();
+        for (r, g) in roots {
+            if *g == Grant::Write {
+                let r = normal(r);
+                out.extend(super::ns::real_path(&r).filter(|x| *x != r));
+                out.push(r);
+            }
+        }
+        Self {
+            roots: out,
+            seen: Vec::new(),
+        }
+    }
+
+    fn covers(&self, p: &Path) -> bool {
+        self.roots
+            .iter()
+            .any(|r| bytes(r) == bytes(p) || strictly_below(p, r))
+    }
+
+    /// Whether the task could make `path` (absent) appear: it lies in a
+    /// writable root as spelled, or its nearest existing ancestor does once
+    /// resolved (a symlink on the way may lead into one). Anything that
+    /// cannot be settled counts as yes. If yes, the path as it would be
+    /// made (the ancestor resolved), for the carve to refuse under that
+    /// spelling too.
+    fn could_make(&mut self, path: &Path) -> Option<PathBuf> {
+        if self.roots.is_empty() {
+            return None;
+        }
+        let mut walked = Vec::new();
+        let mut found = None;
+        for up in path.ancestors().skip(1) {
+            if let Some((_, real, yes)) = self.seen.iter().find(|(p, _, _)| p == up) {
+                found = Some((up.to_path_buf(), real.clone(), *yes));
+                break;
+            }
+            walked.push(up.to_path_buf());
+            match std::fs::symlink_metadata(up) {
+                Ok(_) => {
+                    let real = super::ns::real_path(up);
+                    let yes = real.as_ref().is_none_or(|r| self.covers(r));
+                    found = Some((up.to_path_buf(), real.unwrap_or_else(|| up.into()), yes));
+                    break;
+                }
+                Err(e) if not_there(&e) => {}
+                Err(_) => {
+                    found = Some((up.to_path_buf(), up.to_path_buf(), true));
+                    break;
+                }
+            }
+        }
+        let (at, real, yes) = found?;
+        // Holes share parents (`~/.config`, `/etc`): each is looked at once.
+        for w in walked {
+            let r = w
+                .strip_prefix(&at)
+                .map_or_else(|_| w.clone(), |rest| real.join(rest));
+            self.seen.push((w, r, yes));
+        }
+        let made = path
+            .strip_prefix(&at)
+            .map_or_else(|_| path.into(), |rest| real.join(rest));
+        (yes || self.covers(path)).then_some(made)
+    }
 }
 
 /// One spelling per path (no `.`, no repeated or trailing `/`), so that
@@ -617,6 +762,7 @@ mod tests {
                 keep: None,
             }],
             &mut Vec::new(),
+            Existing::Carved,
         ));
         got.sort_by(|x, y| x.0.cmp(&y.0));
         got
@@ -652,6 +798,7 @@ mod tests {
                 keep: Some(Grant::Read),
             }],
             &mut Vec::new(),
+            Existing::Carved,
         ));
         assert!(rules.contains(&(root.join(".git/hooks"), Grant::Read)));
         assert!(!rules.contains(&(root.clone(), Grant::Write)));
@@ -693,7 +840,12 @@ mod tests {
             path: root.join("secret"),
             keep: None,
         }];
-        let mut rules = carve(&[(root.clone(), Grant::Read)], &hole, &mut ahead);
+        let mut rules = carve(
+            &[(root.clone(), Grant::Read)],
+            &hole,
+            &mut ahead,
+            Existing::Carved,
+        );
         assert!(ahead.is_empty(), "the listing was used up");
         rules.sort_by(|x, y| x.path.cmp(&y.path));
         let got: Vec<_> = rules
@@ -712,7 +864,12 @@ mod tests {
         // of the same listing, and the rules are the same.
         let mut ahead = vec![preopen(&root, 1, || false).unwrap()];
         assert_eq!(ahead[0].entries.len(), 1);
-        let mut again = carve(&[(root.clone(), Grant::Read)], &hole, &mut ahead);
+        let mut again = carve(
+            &[(root.clone(), Grant::Read)],
+            &hole,
+            &mut ahead,
+            Existing::Carved,
+        );
         again.sort_by(|x, y| x.path.cmp(&y.path));
         let paths = |r: &[Rule]| {
             r.iter()
@@ -746,7 +903,12 @@ mod tests {
             } else {
                 Vec::new()
             };
-            let mut got = plain(carve(&[(root.clone(), Grant::Read)], &hole, &mut listings));
+            let mut got = plain(carve(
+                &[(root.clone(), Grant::Read)],
+                &hole,
+                &mut listings,
+                Existing::Carved,
+            ));
             got.sort_by(|x, y| x.0.cmp(&y.0));
             assert_eq!(
                 got,
@@ -787,8 +949,64 @@ mod tests {
     }
 
     #[test]
+    fn a_deny_path_not_there_is_carved_only_where_the_task_could_make_it() {
+        let t = tempfile::tempdir().unwrap();
+        let ro = t.path().join("ro");
+        let rw = t.path().join("rw");
+        for d in [ro.join("d"), rw.join("d")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(ro.join("f"), "").unwrap();
+        // Through this link, a path spelled in `ro` is made in `rw`.
+        std::os::unix::fs::symlink(&rw, ro.join("to-rw")).unwrap();
+        let hole = |p: PathBuf| Hole {
+            path: p,
+            keep: None,
+        };
+        let rules = |holes: &[Hole]| {
+            let mut got = plain(carve(
+                &[(ro.clone(), Grant::Read), (rw.clone(), Grant::Write)],
+                holes,
+                &mut Vec::new(),
+                Existing::Carved,
+            ));
+            got.sort_by(|x, y| x.0.cmp(&y.0));
+            got
+        };
+        let whole = vec![(ro.clone(), Grant::Read), (rw.clone(), Grant::Write)];
+        // In a tree the task may only read, nothing can make it appear.
+        assert_eq!(rules(&[hole(ro.join("missing"))]), whole);
+        assert_eq!(rules(&[hole(ro.join("d/no/such"))]), whole);
+        assert_eq!(rules(&[hole(ro.join("f/under-a-file"))]), whole);
+        // Where it may write, the task could make it: carved, so it cannot.
+        assert_eq!(
+            rules(&[hole(rw.join("d/missing"))]),
+            vec![
+                (ro.clone(), Grant::Read),
+                (rw.clone(), Grant::List),
+                (rw.join("d"), Grant::List),
+            ]
+        );
+        // Spelled through a link that leads into a writable tree: carved.
+        let got = rules(&[hole(ro.join("to-rw/d/missing"))]);
+        assert!(
+            got.contains(&(ro.clone(), Grant::List)),
+            "not carved: {got:?}"
+        );
+        assert!(!got.contains(&(ro.join("to-rw"), Grant::Read)), "{got:?}");
+        // ... and under the name it would be made by.
+        assert!(got.contains(&(rw.join("d"), Grant::List)), "{got:?}");
+        assert!(!got.contains(&(rw.clone(), Grant::Write)), "{got:?}");
+    }
+
+    #[test]
     fn carve_without_holes_is_identity() {
-        let rules = plain(carve(&[("/usr".into(), Grant::Read)], &[], &mut Vec::new()));
+        let rules = plain(carve(
+            &[("/usr".into(), Grant::Read)],
+            &[],
+            &mut Vec::new(),
+            Existing::Carved,
+        ));
         assert_eq!(rules, vec![(PathBuf::from("/usr"), Grant::Read)]);
     }
 }

@@ -362,7 +362,9 @@ fn run(
     // those it will most likely carve are listed and opened now, while the
     // plan is on its way (the carve takes them, or they are closed).
     // They stop when the plan is in (it must not wait for them).
-    let listings: Vec<ll::Listing> = if early == EarlyNamespaces::Later {
+    let listings: Vec<ll::Listing> = if early == EarlyNamespaces::Later
+        && ll::worth_opening_ahead(nix::unistd::getuid().as_raw())
+    {
         let mut plan_in = false;
         let mut stop = || {
             plan_in = plan_in || readable(&chan.0);
@@ -1041,7 +1043,12 @@ fn fill_outside_proc(
         .collect();
     let report = match filling {
         None => b"F".to_vec(),
-        Some(mut f) => match f.add(&ll::carve(&roots, &holes, &mut Vec::new())) {
+        Some(mut f) => match f.add(&ll::carve(
+            &roots,
+            &holes,
+            &mut Vec::new(),
+            ll::Existing::Masked,
+        )) {
             Ok(()) => b"F".to_vec(),
             Err(e) => [b"E".as_slice(), chain(&e).as_bytes()].concat(),
         },
@@ -1050,8 +1057,9 @@ fn fill_outside_proc(
 }
 
 /// Landlock's roots (each granted tree, `{tmp}` mapped to `tmp` without
-/// namespaces) and, without namespaces only, its holes: the deny paths, and
-/// the protected paths, which keep read access.
+/// namespaces) and its holes: the deny paths (with namespaces, for those
+/// not there at launch; see [`ll::Existing`]) and, without namespaces, the
+/// protected paths, which keep read access.
 fn landlock_inputs(
     plan: &NativePlan,
     hidden: &[PathBuf],
@@ -1078,13 +1086,17 @@ fn landlock_inputs(
     // mode-000 mounts the task can neither remove nor chmod) and binds the
     // protected ones read-only; without, Landlock alone holds them, carved
     // out of the granted trees: a rule per entry of each directory on the
-    // way (`/etc` has some 140), which the masks make needless.
-    let mut holes = Vec::new();
-    if isolation == Isolation::LandlockOnly {
-        holes.extend(hidden.iter().map(|p| Hole {
+    // way (`/etc` has some 140), which the masks make needless. A mask
+    // needs the path to exist, though: a deny path not there at launch is
+    // left to Landlock either way (carved where the task could make it).
+    let mut holes: Vec<Hole> = hidden
+        .iter()
+        .map(|p| Hole {
             path: p.clone(),
             keep: None,
-        }));
+        })
+        .collect();
+    if isolation == Isolation::LandlockOnly {
         holes.extend(spec.fs.protect.iter().filter(|p| p.exists()).map(|p| Hole {
             path: p.clone(),
             keep: Some(Grant::Read),
@@ -1225,7 +1237,11 @@ fn init(
         roots.retain(|(r, _)| ll::needs_proc(r));
     }
     mark("view");
-    let rules = ll::carve(&roots, &holes, &mut listings);
+    let existing = match isolation {
+        Isolation::Namespaces => ll::Existing::Masked,
+        Isolation::LandlockOnly => ll::Existing::Carved,
+    };
+    let rules = ll::carve(&roots, &holes, &mut listings, existing);
     // Listings the carve did not take: closed now, not inherited.
     drop(listings);
     if isolation == Isolation::LandlockOnly && rules.iter().any(|r| r.grant == Grant::List) {
