@@ -63,12 +63,16 @@ pub fn explain(p: &Profile) -> String {
     let _ = writeln!(o, "can write: {}", list(&strs(&p.fs.write)));
     let _ = writeln!(o, "can never read or write: {}", list(&strs(&p.fs.deny)));
     // Landlock carves a deny path out of a writable tree (without
-    // namespaces always, with them where it is not there to mask): its
-    // parents keep their entries' rights, but take no new entries.
+    // namespaces always, with them where it is not there to mask; never
+    // in the overlay workspace, which is thrown away): its parents keep
+    // their entries' rights, but take no new entries.
+    let in_direct_workspace = |d: &super::model::PathTemplate| {
+        p.workspace == WorkspaceMode::Direct && d.as_str().starts_with("{workspace}/")
+    };
     let carved: Vec<String> =
         p.fs.deny
             .iter()
-            .filter(|d| p.fs.write.iter().any(|w| w.covers(d) && w != *d))
+            .filter(|d| in_direct_workspace(d) || p.fs.write.iter().any(|w| w.covers(d) && w != *d))
             .map(|d| d.as_str().to_owned())
             .collect();
     if !carved.is_empty() {

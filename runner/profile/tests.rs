@@ -340,3 +340,23 @@ fn schema_names_every_section() {
         assert!(s.contains(k), "{k}");
     }
 }
+
+#[test]
+fn explain_names_the_deny_paths_carved_out_of_writable_trees() {
+    let line = |p: &Profile| {
+        explain(p)
+            .lines()
+            .find(|l| l.starts_with("denied inside writable trees"))
+            .map(str::to_owned)
+    };
+    let home = src(
+        "home",
+        "extends = \"base\"\n[filesystem]\nwrite = [\"{home}\"]\n",
+    );
+    let p = Profile::from_layers(&[base(), home]).unwrap();
+    let got = line(&p).unwrap_or_default();
+    assert!(got.contains("{home}/.ssh"), "{got}");
+    assert!(!got.contains("/etc/shadow"), "{got}");
+    // Nothing of base's lies in a tree it writes.
+    assert_eq!(line(&Profile::from_layers(&[base()]).unwrap()), None);
+}

@@ -43,6 +43,38 @@ fn snapshot(root: &Path) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
 }
 
 #[test]
+fn a_deny_path_not_there_in_the_overlay_leaves_the_workspace_writable() {
+    // Outside throwaway trees a deny path not there at launch is carved
+    // out (the directories on the way take no new entries); the overlay
+    // workspace and the private /tmp are the task's alone, so a build
+    // still makes `target/` at the top of the workspace.
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        std::fs::write(t.ws.join("present.txt"), "x\n").unwrap();
+        t.own(&t.ws);
+        let profile = t.profile(
+            "ws-deny",
+            "extends = \"explore\"\n[filesystem]\ndeny = [\"{workspace}/.env\", \"/tmp/absent-secret\"]\n",
+        );
+        let r = t.sh(&profile, "mkdir target && echo o > target/out && echo t > top.txt && echo s > /tmp/scratch && echo done");
+        r.code(0);
+        assert!(r.stdout.contains("done"), "{m:?}: {r:?}");
+        let j = r.json();
+        let changes = j["changeset"]["changes"].as_array().unwrap();
+        for p in ["target", "target/out", "top.txt"] {
+            assert!(
+                changes.iter().any(|c| c["path"] == p),
+                "{m:?}: {p} missing from {j}"
+            );
+        }
+        assert!(
+            !t.ws.join("top.txt").exists(),
+            "{m:?}: the real workspace changed"
+        );
+    }
+}
+
+#[test]
 fn an_explore_task_leaves_the_workspace_byte_for_byte_untouched() {
     for m in [Mode::Root, Mode::User] {
         let t = TestBox::new(m);

@@ -1089,8 +1089,21 @@ fn landlock_inputs(
     // way (`/etc` has some 140), which the masks make needless. A mask
     // needs the path to exist, though: a deny path not there at launch is
     // left to Landlock either way (carved where the task could make it).
+    // With namespaces, not in the trees that are the task's alone and
+    // thrown away after it (the overlay workspace, whose changes reach the
+    // real one only through a human's promote, and the fresh /tmp and
+    // /dev/shm): there, making one reaches nothing of the host's, while the
+    // carve would refuse every new entry on the way (`target/` at the top
+    // of the workspace, for a `{workspace}/.env` not there).
+    let throwaway = |p: &Path| {
+        isolation == Isolation::Namespaces
+            && ((plan.overlay.is_some() && p.starts_with(&spec.workspace))
+                || p.starts_with("/tmp")
+                || p.starts_with("/dev/shm"))
+    };
     let mut holes: Vec<Hole> = hidden
         .iter()
+        .filter(|p| !throwaway(p))
         .map(|p| Hole {
             path: p.clone(),
             keep: None,
