@@ -84,7 +84,7 @@ pub struct RunRequest {
     pub profile: String,
     /// Workspace (canonicalized here).
     pub workspace: PathBuf,
-    /// Working directory (defaults to the workspace).
+    /// Working directory, symlinks resolved (defaults to the workspace).
     pub cwd: Option<PathBuf>,
     /// Acting agent.
     pub agent: Option<String>,
@@ -568,10 +568,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             spec.fs.read.push(dir);
         }
     }
-    let cwd = cwd.map_or_else(
-        || workspace.clone(),
-        |c| std::fs::canonicalize(&c).unwrap_or(c),
-    );
+    let cwd = cwd.unwrap_or_else(|| workspace.clone());
     // A WASM tool runs in the helper, as the command of this native task.
     let mut exec_argv = argv.clone();
     let mut inherit = Vec::new();

@@ -69,11 +69,13 @@ impl RunArgs {
     ) -> anyhow::Result<i32> {
         let (stage, reserved_id) = early.unzip();
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        // The kernel's `getcwd` has no symlinks in it: resolved already.
         let workspace = self.workspace.clone().unwrap_or_else(|| cwd.clone());
-        let in_workspace = std::fs::canonicalize(&cwd)
-            .ok()
-            .zip(std::fs::canonicalize(&workspace).ok())
-            .is_some_and(|(c, w)| c.starts_with(w));
+        let in_workspace = if self.workspace.is_none() {
+            true
+        } else {
+            std::fs::canonicalize(&workspace).is_ok_and(|w| cwd.starts_with(w))
+        };
         let open_line = Arc::new(AtomicBool::new(false));
         let req = RunRequest {
             profile: self.profile.clone(),
