@@ -309,7 +309,9 @@ impl Stage {
             msg_buf: Vec::new(),
             queue: VecDeque::new(),
             output,
-            buf: vec![0u8; 64 * 1024],
+            // Made once the plan is out: zeroing 64 KiB (sixteen fresh
+            // pages) took 0.05 ms on the way to it.
+            buf: Vec::new(),
             started_at,
             wall: plan.spec.limits.wall_ms.map(Duration::from_millis),
             cgroup,
@@ -334,6 +336,7 @@ impl Stage {
                 source,
             })?;
         running.msgs = Some(ours);
+        running.buf = vec![0u8; 64 * 1024];
         running.timings.spawned_us = micros(started_at);
         Ok(running)
     }
