@@ -307,6 +307,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     argv: argv.clone(),
                     workspace: workspace.clone(),
                     overlay: false,
+                    denied: Vec::new(),
                     lifecycle: Lifecycle::Pending {
                         command_digest: cmd_digest.clone(),
                     },
@@ -647,6 +648,14 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             work: dir.work(),
         });
     }
+    let denied = spec
+        .fs
+        .deny
+        .iter()
+        .filter_map(|d| d.strip_prefix(&workspace).ok())
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| !d.is_empty())
+        .collect();
     let mut record = TaskRecord {
         id: task.clone(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -658,6 +667,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         argv: argv.clone(),
         workspace: workspace.clone(),
         overlay,
+        denied,
         lifecycle: Lifecycle::Running,
     };
     let prepared = prepare_us();

@@ -194,6 +194,7 @@ impl TaskCmd {
                     task_dir: dir.root(),
                     protect: &protect,
                     allow_protected,
+                    denied: &r.denied,
                     message: message.unwrap_or_else(|| format!("taskbox: {}", r.argv.join(" "))),
                     trailers,
                     branch,

@@ -107,6 +107,10 @@ pub struct TaskRecord {
     pub workspace: PathBuf,
     /// Whether writes went to an overlay (and so there is a changeset).
     pub overlay: bool,
+    /// The profile's deny paths inside the workspace, relative to it
+    /// (globs kept): promote refuses a change at any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<String>,
     /// Lifecycle state.
     pub lifecycle: Lifecycle,
 }

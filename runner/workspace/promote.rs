@@ -23,6 +23,12 @@ pub enum PromoteError {
         /// The conflicting paths.
         paths: Vec<String>,
     },
+    /// A path the profile denies is in the changeset.
+    #[error("refused: the task made or changed paths its profile denies: {}. Nothing was applied. Hint: discard the task (`taskbox task discard`); a denied path is never promoted", .paths.join(", "))]
+    Denied {
+        /// The denied paths.
+        paths: Vec<String>,
+    },
     /// A protected path is in the changeset.
     #[error("refused: the task changed protected paths: {}. Hint: review `taskbox task diff`, then pass --allow-protected", .paths.join(", "))]
     Protected {
@@ -173,12 +179,35 @@ pub struct PromoteSpec<'a> {
     pub protect: &'a [&'a str],
     /// Whether the human allowed protected paths.
     pub allow_protected: bool,
+    /// Workspace-relative deny paths of the task's profile (globs kept).
+    pub denied: &'a [String],
     /// Commit message (first line and body).
     pub message: String,
     /// `Taskbox-*` trailers, in order.
     pub trailers: Vec<(String, String)>,
     /// Commit onto this branch instead of the current one (work tree untouched).
     pub branch: Option<String>,
+}
+
+/// Whether the workspace-relative `path` is a deny path or lies in one;
+/// a deny glob matches as the launch expanded it.
+fn is_denied(path: &Path, denied: &[String]) -> bool {
+    denied.iter().any(|d| {
+        path.ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .any(|a| {
+                a == Path::new(d)
+                    || glob::Pattern::new(d).is_ok_and(|g| {
+                        g.matches_path_with(
+                            a,
+                            glob::MatchOptions {
+                                require_literal_separator: true,
+                                ..glob::MatchOptions::new()
+                            },
+                        )
+                    })
+            })
+    })
 }
 
 /// What a promote did.
@@ -297,6 +326,25 @@ pub fn promote(
     }
     if !conflicts.is_empty() {
         return Err(PromoteError::Conflict { paths: conflicts });
+    }
+    // A deny path not there at launch could be made in the overlay (a
+    // mask needs something to mount over); it never reaches the workspace.
+    let denied: Vec<String> = cs
+        .changes
+        .iter()
+        .filter(|c| {
+            let renamed_from = match &c.kind {
+                ChangeKind::Renamed { from } => Some(from.as_path()),
+                _ => None,
+            };
+            std::iter::once(c.path.as_path())
+                .chain(renamed_from)
+                .any(|p| is_denied(p, spec.denied))
+        })
+        .map(|c| display_path(&c.path))
+        .collect();
+    if !denied.is_empty() {
+        return Err(PromoteError::Denied { paths: denied });
     }
     let protected: Vec<String> = cs
         .changes

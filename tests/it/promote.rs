@@ -222,6 +222,49 @@ fn a_promote_killed_midway_is_finished_by_the_next_one_never_left_half() {
 }
 
 #[test]
+fn promote_refuses_a_deny_path_the_task_made_in_the_overlay() {
+    // A deny path not there at launch cannot be masked, and in the overlay
+    // the task may make it (the layer is its own); it never reaches the
+    // workspace: neither made, nor renamed there, nor renamed from a glob's
+    // match.
+    let t = TestBox::new(Mode::Root);
+    repo(&t);
+    let profile = t.profile(
+        "ws-deny",
+        "extends = \"explore\"\n[filesystem]\ndeny = [\"{workspace}/.env\", \"{workspace}/sub/*.key\"]\n",
+    );
+    for script in [
+        "echo TOKEN=x > .env; echo ok > fine.txt",
+        "mkdir -p .env/d && echo x > .env/d/f; echo ok > fine.txt",
+        "echo k > sub/new.key; echo ok > fine.txt",
+        "mv keep.txt .env; echo ok > fine.txt",
+    ] {
+        let r = t.sh(&profile, script);
+        r.code(0);
+        let id = r.json()["task"].as_str().unwrap().to_owned();
+        let p = human(&t, &["task", "promote", &id, "--allow-protected"]);
+        p.code(125);
+        assert!(
+            p.stderr.contains("denies")
+                && (p.stderr.contains(".env") || p.stderr.contains("sub/new.key")),
+            "{script}: {}",
+            p.stderr
+        );
+        assert!(
+            !t.ws.join("fine.txt").exists()
+                && !t.ws.join(".env").exists()
+                && t.ws.join("keep.txt").exists(),
+            "{script}: a refused promote changed the workspace"
+        );
+    }
+    // What the deny paths do not name still promotes.
+    let r = t.sh(&profile, "echo k > sub/new.pub; echo ok > fine.txt");
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    human(&t, &["task", "promote", &id]).code(0);
+    assert!(t.ws.join("sub/new.pub").exists() && t.ws.join("fine.txt").exists());
+}
+
+#[test]
 fn promote_refuses_conflicts_protected_paths_and_symlinked_parents() {
     let t = TestBox::new(Mode::Root);
     repo(&t);
