@@ -134,6 +134,7 @@ impl TaskCmd {
                         &r.workspace,
                         &protect_list(),
                         &workspace::load_withheld(state.task_dir(&r.id).root()),
+                        &r.denied,
                     )
                 };
                 print!("{text}");

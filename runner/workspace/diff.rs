@@ -31,10 +31,17 @@ pub fn render_diff(
     lower: &Path,
     protect: &[&str],
     withheld: &[(std::path::PathBuf, Vec<String>)],
+    denied: &[String],
 ) -> String {
     let mut out = String::new();
     for c in &cs.changes {
         let name = display_path(&c.path);
+        if super::promote::is_denied(&c.path, denied) {
+            let _ = writeln!(
+                out,
+                "# DENIED: {name} is a deny path of the task's profile (promote refuses it)"
+            );
+        }
         if protected(&c.path, protect) {
             let _ = writeln!(
                 out,

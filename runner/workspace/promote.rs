@@ -191,7 +191,7 @@ pub struct PromoteSpec<'a> {
 
 /// Whether the workspace-relative `path` is a deny path or lies in one;
 /// a deny glob matches as the launch expanded it.
-fn is_denied(path: &Path, denied: &[String]) -> bool {
+pub(crate) fn is_denied(path: &Path, denied: &[String]) -> bool {
     denied.iter().any(|d| {
         path.ancestors()
             .filter(|a| !a.as_os_str().is_empty())

@@ -242,6 +242,8 @@ fn promote_refuses_a_deny_path_the_task_made_in_the_overlay() {
         let r = t.sh(&profile, script);
         r.code(0);
         let id = r.json()["task"].as_str().unwrap().to_owned();
+        let d = t.taskbox(&["task", "diff", &id]);
+        assert!(d.stdout.contains("# DENIED: "), "{script}: {}", d.stdout);
         let p = human(&t, &["task", "promote", &id, "--allow-protected"]);
         p.code(125);
         assert!(
