@@ -34,9 +34,10 @@ pub fn render_diff(
     denied: &[String],
 ) -> String {
     let mut out = String::new();
+    let denied = super::promote::Denied::of(denied);
     for c in &cs.changes {
         let name = display_path(&c.path);
-        if super::promote::is_denied(&c.path, denied) {
+        if denied.covers(&c.path) {
             let _ = writeln!(
                 out,
                 "# DENIED: {name} is a deny path of the task's profile (promote refuses it)"

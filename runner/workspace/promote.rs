@@ -189,25 +189,35 @@ pub struct PromoteSpec<'a> {
     pub branch: Option<String>,
 }
 
-/// Whether the workspace-relative `path` is a deny path or lies in one;
-/// a deny glob matches as the launch expanded it.
-pub(crate) fn is_denied(path: &Path, denied: &[String]) -> bool {
-    denied.iter().any(|d| {
+/// A profile's deny paths inside the workspace (relative, globs kept),
+/// each compiled once, to match a changeset against.
+pub(crate) struct Denied(Vec<glob::Pattern>);
+
+impl Denied {
+    pub(crate) fn of(denied: &[String]) -> Self {
+        Self(
+            denied
+                .iter()
+                .filter_map(|d| {
+                    glob::Pattern::new(d)
+                        .or_else(|_| glob::Pattern::new(&glob::Pattern::escape(d)))
+                        .ok()
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the workspace-relative `path` is a deny path or lies in one;
+    /// a glob matches as the launch expanded it (`*` within a component).
+    pub(crate) fn covers(&self, path: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
         path.ancestors()
             .filter(|a| !a.as_os_str().is_empty())
-            .any(|a| {
-                a == Path::new(d)
-                    || glob::Pattern::new(d).is_ok_and(|g| {
-                        g.matches_path_with(
-                            a,
-                            glob::MatchOptions {
-                                require_literal_separator: true,
-                                ..glob::MatchOptions::new()
-                            },
-                        )
-                    })
-            })
-    })
+            .any(|a| self.0.iter().any(|g| g.matches_path_with(a, opts)))
+    }
 }
 
 /// What a promote did.
@@ -329,6 +339,7 @@ pub fn promote(
     }
     // A deny path not there at launch could be made in the overlay (a
     // mask needs something to mount over); it never reaches the workspace.
+    let deny = Denied::of(spec.denied);
     let denied: Vec<String> = cs
         .changes
         .iter()
@@ -339,7 +350,7 @@ pub fn promote(
             };
             std::iter::once(c.path.as_path())
                 .chain(renamed_from)
-                .any(|p| is_denied(p, spec.denied))
+                .any(|p| deny.covers(p))
         })
         .map(|c| display_path(&c.path))
         .collect();

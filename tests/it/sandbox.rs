@@ -1019,11 +1019,19 @@ fn a_deny_path_not_there_at_launch_cannot_be_made_in_a_writable_tree() {
         std::fs::write(dir.join("sub/existing"), "before\n").unwrap();
         std::fs::write(dir.join("victim"), "movable\n").unwrap();
         t.own(&dir);
+        // The same in a host directory under /tmp: with namespaces the
+        // task's /tmp is its own, but a tree granted in it is the host's.
+        let in_tmp = tempfile::Builder::new()
+            .prefix("taskbox-it-rw")
+            .tempdir_in("/tmp")
+            .unwrap();
+        t.own(in_tmp.path());
         let d = dir.display();
+        let h = in_tmp.path().display();
         let profile = t.profile(
             "rw-home",
             &format!(
-                "extends = \"{}\"\n[filesystem]\nwrite = [\"{d}\"]\ndeny = [\"{d}/.ssh\", \"{d}/sub/creds\"]\n",
+                "extends = \"{}\"\n[filesystem]\nwrite = [\"{d}\", \"{h}\"]\ndeny = [\"{d}/.ssh\", \"{d}/sub/creds\", \"{h}/.ssh\"]\n",
                 t.base()
             ),
         );
@@ -1032,11 +1040,16 @@ fn a_deny_path_not_there_at_launch_cannot_be_made_in_a_writable_tree() {
             &format!(
                 "mkdir -p {d}/.ssh; echo key > {d}/.ssh/authorized_keys; echo x > {d}/sub/creds; \
                  mv {d}/victim {d}/sub/creds; ln -s /etc/passwd {d}/sub/creds; \
+                 mkdir -p {h}/.ssh; echo key > {h}/.ssh/authorized_keys; \
                  echo after >> {d}/sub/existing; echo done"
             ),
         );
         assert!(r.stdout.contains("done"), "{r:?}");
-        for made in [dir.join(".ssh"), dir.join("sub/creds")] {
+        for made in [
+            dir.join(".ssh"),
+            dir.join("sub/creds"),
+            in_tmp.path().join(".ssh"),
+        ] {
             assert!(
                 std::fs::symlink_metadata(&made).is_err(),
                 "the task made the deny path {}: {r:?}",

@@ -1095,11 +1095,22 @@ fn landlock_inputs(
     // /dev/shm): there, making one reaches nothing of the host's, while the
     // carve would refuse every new entry on the way (`target/` at the top
     // of the workspace, for a `{workspace}/.env` not there).
+    // A writable tree granted inside one of them is the host's, bound
+    // back in: a path in it is no throwaway.
+    let overlay = plan.overlay.as_ref().map(|_| spec.workspace.as_path());
     let throwaway = |p: &Path| {
         isolation == Isolation::Namespaces
-            && ((plan.overlay.is_some() && p.starts_with(&spec.workspace))
-                || p.starts_with("/tmp")
-                || p.starts_with("/dev/shm"))
+            && overlay
+                .into_iter()
+                .chain([Path::new("/tmp"), Path::new("/dev/shm")])
+                .any(|t| {
+                    p.starts_with(t)
+                        && !spec
+                            .fs
+                            .write
+                            .iter()
+                            .any(|w| w.starts_with(t) && w != t && p.starts_with(w))
+                })
     };
     let mut holes: Vec<Hole> = hidden
         .iter()
