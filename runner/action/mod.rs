@@ -275,7 +275,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         Ok(RunReport {
             task: task.to_string(),
             profile: prof.name.clone(),
-            profile_digest: prof.digest.clone(),
+            profile_digest: prof.digest().to_owned(),
             status: code,
             outcome: None,
             refused: Some(reason),
@@ -289,8 +289,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             redactor: None,
         })
     };
-    let cmd_digest = crate::task::command_digest(&argv, &workspace);
     if prof.approval_required {
+        let cmd_digest = crate::task::command_digest(&argv, &workspace);
         match &approval {
             None => {
                 // Record a pending task with the plan a human will approve.
@@ -303,7 +303,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     on_behalf_of: on_behalf_of.clone(),
                     profile: prof.name.clone(),
                     profile_ref: profile.clone(),
-                    profile_digest: prof.digest.clone(),
+                    profile_digest: prof.digest().to_owned(),
                     argv: argv.clone(),
                     workspace: workspace.clone(),
                     overlay: false,
@@ -331,7 +331,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                     .collect();
                 audit.append(AuditEvent::ApprovalRequested {
                     task: task.to_string(),
-                    profile: format!("{}@{}", prof.name, prof.digest),
+                    profile: format!("{}@{}", prof.name, prof.digest()),
                     argv: argv.clone(),
                     credentials: credentials.clone(),
                 })?;
@@ -349,7 +349,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 return Ok(RunReport {
                     task: task.to_string(),
                     profile: prof.name.clone(),
-                    profile_digest: prof.digest.clone(),
+                    profile_digest: prof.digest().to_owned(),
                     status: EXIT_POLICY,
                     outcome: None,
                     refused: Some(format!(
@@ -366,7 +366,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 });
             }
             Some(a) => {
-                if a.profile_digest != prof.digest || a.command_digest != cmd_digest {
+                if a.profile_digest != prof.digest() || a.command_digest != cmd_digest {
                     return refuse(
                         EXIT_POLICY,
                         "the approval no longer applies: the profile or the command changed since it was approved. Hint: run it again to request a new approval".into(),
@@ -451,7 +451,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             task.as_str(),
             agent.clone(),
             on_behalf_of.clone(),
-            format!("{}@{}", prof.name, prof.digest),
+            format!("{}@{}", prof.name, prof.digest()),
             prof.net.allow.clone(),
             ttl,
         );
@@ -648,35 +648,39 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             work: dir.work(),
         });
     }
-    let denied = spec
-        .fs
-        .deny
-        .iter()
-        .filter_map(|d| d.strip_prefix(&workspace).ok())
-        .map(|d| d.to_string_lossy().into_owned())
-        .filter(|d| !d.is_empty())
-        .collect();
-    let mut record = TaskRecord {
+    // Made (and its digests hashed) after the plan is sent: see `record` below.
+    let make_record = || TaskRecord {
         id: task.clone(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         agent: agent.clone(),
         on_behalf_of: on_behalf_of.clone(),
         profile: prof.name.clone(),
         profile_ref: profile.clone(),
-        profile_digest: prof.digest.clone(),
+        profile_digest: prof.digest().to_owned(),
         argv: argv.clone(),
         workspace: workspace.clone(),
         overlay,
-        denied,
+        denied: spec
+            .fs
+            .deny
+            .iter()
+            .filter_map(|d| d.strip_prefix(&workspace).ok())
+            .map(|d| d.to_string_lossy().into_owned())
+            .filter(|d| !d.is_empty())
+            .collect(),
         lifecycle: Lifecycle::Running,
     };
+    let saved = std::cell::RefCell::new(None);
     let prepared = prepare_us();
     let result = launch_and_wait(
         plan,
         stage,
         &|| {
             state.create_task(&task, false)?;
-            state.save(&record)
+            let record = make_record();
+            state.save(&record)?;
+            *saved.borrow_mut() = Some(record);
+            Ok(())
         },
         stdout,
         stderr,
@@ -685,8 +689,8 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         &prof,
         &argv,
         &workspace,
-        agent,
-        on_behalf_of,
+        agent.clone(),
+        on_behalf_of.clone(),
         proxy::Resolver::from_spec(
             caller_env
                 .iter()
@@ -702,6 +706,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
         // The stage failed or refused: it removes nothing itself.
         let _ = std::fs::remove_dir_all(&host_tmp);
     }
+    let mut record = saved.into_inner().unwrap_or_else(make_record);
     match result {
         Ok((mut outcome, conns)) => {
             for l in leases.iter().filter(|l| l.deliver == Delivery::Header) {
@@ -819,7 +824,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             Ok(RunReport {
                 task: task.to_string(),
                 profile: prof.name.clone(),
-                profile_digest: prof.digest.clone(),
+                profile_digest: prof.digest().to_owned(),
                 status,
                 outcome: Some(outcome),
                 refused: None,
@@ -887,7 +892,7 @@ fn launch_and_wait(
         agent,
         on_behalf_of,
         profile: prof.name.clone(),
-        profile_digest: prof.digest.clone(),
+        profile_digest: prof.digest().to_owned(),
         argv: argv.to_vec(),
         workspace: workspace.display().to_string(),
         enforcement: serde_json::to_value(&enforcement).unwrap_or_default(),

@@ -27,7 +27,7 @@ impl CredsCmd {
             };
             for g in &p.grants {
                 rows.push(serde_json::json!({
-                    "profile": format!("{}@{}", p.name, &p.digest[..16]),
+                    "profile": format!("{}@{}", p.name, &p.digest()[..16]),
                     "grant": g.name,
                     "source": g.from.split(':').next().unwrap_or_default(),
                     "delivery": g.deliver.as_written(),
@@ -38,7 +38,7 @@ impl CredsCmd {
             }
             if p.identity {
                 rows.push(serde_json::json!({
-                    "profile": format!("{}@{}", p.name, &p.digest[..16]),
+                    "profile": format!("{}@{}", p.name, &p.digest()[..16]),
                     "grant": "identity",
                     "source": "taskbox",
                     "delivery": "env:TASKBOX_IDENTITY_TOKEN",

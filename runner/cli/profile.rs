@@ -97,7 +97,7 @@ impl ProfileCmd {
                             "{}: ok ({} -> digest {})",
                             f.display(),
                             p.chain.join(" -> "),
-                            &p.digest[..16]
+                            &p.digest()[..16]
                         ),
                         Err(e) => {
                             eprintln!("{e}");

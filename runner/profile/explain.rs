@@ -14,7 +14,7 @@ pub fn explain(p: &Profile) -> String {
         "profile {} ({}), digest {}",
         p.name,
         p.origin,
-        &p.digest[..16]
+        &p.digest()[..16]
     );
     if p.chain.len() > 1 {
         let _ = writeln!(o, "extends: {}", p.chain.join(" -> "));

@@ -333,8 +333,8 @@ pub struct Profile {
     pub origin: Origin,
     /// Chain of names, root first.
     pub chain: Vec<String>,
-    /// sha-256 over every layer's text, root first.
-    pub digest: String,
+    /// sha-256 over every layer's text, root first (see [`Profile::digest`]).
+    pub(super) digest: LayersDigest,
     /// One line.
     pub description: String,
     /// Explore or shared change.
@@ -363,6 +363,40 @@ pub struct Profile {
     pub widenings: Vec<Widening>,
 }
 
+/// A profile's digest, hashed when first asked for: the first SHA-256 of
+/// a process probes the CPU (three `cpuid`, each a trap to the hypervisor on
+/// our VMs) and runs cold code, 0.05 ms before the plan when it was hashed
+/// here; a launch now asks only after its plan is sent.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LayersDigest {
+    /// Each layer's name and text, NUL-terminated, root first.
+    input: Vec<u8>,
+    hex: std::sync::OnceLock<String>,
+}
+
+impl LayersDigest {
+    fn hex(&self) -> &str {
+        self.hex.get_or_init(|| {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&self.input))
+        })
+    }
+}
+
+impl PartialEq for LayersDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.input == other.input
+    }
+}
+
+impl Eq for LayersDigest {}
+
+impl Serialize for LayersDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.hex())
+    }
+}
+
 mod humantime_serde_opt {
     use std::time::Duration;
 
@@ -375,6 +409,12 @@ mod humantime_serde_opt {
 }
 
 impl Profile {
+    /// sha-256 (hex) over every layer's name and text, root first: what
+    /// audit records and approvals bind a task to.
+    pub fn digest(&self) -> &str {
+        self.digest.hex()
+    }
+
     /// Defaults of a profile that extends nothing: nothing readable or writable,
     /// no network, empty environment, no credentials, no limits, nothing required.
     fn empty(name: &str, origin: Origin) -> Self {
@@ -382,7 +422,7 @@ impl Profile {
             name: name.to_owned(),
             origin,
             chain: Vec::new(),
-            digest: String::new(),
+            digest: LayersDigest::default(),
             description: String::new(),
             kind: Kind::Explore,
             backend: Backend::Native,
@@ -418,18 +458,16 @@ impl Profile {
     /// [`Profile::from_layers`] for layers already parsed (the catalog
     /// parses each one to follow `extends`; once is enough).
     pub(crate) fn from_parsed(layers: Vec<(&Source, ProfileToml)>) -> Result<Self, ProfileError> {
-        use sha2::Digest as _;
         let leaf = layers
             .last()
             .map(|(s, _)| *s)
             .ok_or(ProfileError::EmptyChain)?;
         let mut profile = Self::empty(&leaf.name, leaf.origin.clone());
-        let mut hasher = sha2::Sha256::new();
+        let mut hashed = Vec::new();
         for (depth, (source, raw)) in layers.into_iter().enumerate() {
-            hasher.update(source.name.as_bytes());
-            hasher.update([0]);
-            hasher.update(source.text.as_bytes());
-            hasher.update([0]);
+            for part in [source.name.as_bytes(), &[0], source.text.as_bytes(), &[0]] {
+                hashed.extend_from_slice(part);
+            }
             let before = profile.widenings.len();
             profile.apply(source, raw, depth > 0)?;
             if source.untrusted && profile.widenings.len() > before {
@@ -444,7 +482,10 @@ impl Profile {
         }
         profile.name = leaf.name.clone();
         profile.origin = leaf.origin.clone();
-        profile.digest = hex::encode(hasher.finalize());
+        profile.digest = LayersDigest {
+            input: hashed,
+            hex: std::sync::OnceLock::new(),
+        };
         profile.check_whole(leaf)?;
         Ok(profile)
     }

@@ -35,7 +35,7 @@ fn every_builtin_loads() {
             .load(name, None)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(p.name, *name);
-        assert_eq!(p.digest.len(), 64);
+        assert_eq!(p.digest().len(), 64);
     }
 }
 
@@ -359,4 +359,25 @@ fn explain_names_the_deny_paths_carved_out_of_writable_trees() {
     assert!(!got.contains("/etc/shadow"), "{got}");
     // Nothing of base's lies in a tree it writes.
     assert_eq!(line(&Profile::from_layers(&[base()]).unwrap()), None);
+}
+
+#[test]
+fn the_digest_covers_each_layers_name_and_text_in_order() {
+    // Approvals and task records bind to this value: its input must not
+    // change shape (name, NUL, text, NUL per layer, root first).
+    let leaf = src("leaf", "extends = \"base\"\ndescription = \"x\"\n");
+    let p = Profile::from_layers(&[base(), leaf.clone()]).unwrap();
+    let mut input = Vec::new();
+    for s in [&base(), &leaf] {
+        input.extend_from_slice(s.name.as_bytes());
+        input.push(0);
+        input.extend_from_slice(s.text.as_bytes());
+        input.push(0);
+    }
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&input));
+    assert_eq!(p.digest(), want);
+    let other = src("leaf", "extends = \"base\"\ndescription = \"y\"\n");
+    let q = Profile::from_layers(&[base(), other]).unwrap();
+    assert_ne!(q.digest(), p.digest());
+    assert_ne!(q, p);
 }
