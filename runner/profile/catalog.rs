@@ -6,6 +6,47 @@ use std::path::{Path, PathBuf};
 use super::ProfileError;
 use super::model::{Origin, Profile, Source, parse};
 
+/// The built-in base's deny paths as written there (a unit test keeps the
+/// two equal). Every built-in extends base and a child can only add denies,
+/// so the launch stage looks at these before its plan arrives (see
+/// `sandbox::native::survey`); any other deny path is looked at after.
+pub const BASE_DENY: &[&str] = &[
+    "{home}/.ssh",
+    "{home}/.aws",
+    "{home}/.azure",
+    "{home}/.config/gcloud",
+    "{home}/.config/gh",
+    "{home}/.netrc",
+    "{home}/.git-credentials",
+    "{home}/.gnupg",
+    "{home}/.docker/config.json",
+    "{home}/.kube",
+    "{home}/.npmrc",
+    "{home}/.pypirc",
+    "{home}/.cargo/credentials.toml",
+    "{home}/.cargo/credentials",
+    "{home}/.config/taskbox",
+    "{home}/.local/state/taskbox",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/security/opasswd",
+    "/etc/ssh/ssh_host_*_key",
+    "/etc/ssl/private",
+    "/etc/pki/tls/private",
+    "/etc/krb5.keytab",
+    "/etc/NetworkManager/system-connections",
+    "/etc/wireguard",
+    "/etc/letsencrypt",
+    "/etc/ipsec.secrets",
+    "/etc/ppp/chap-secrets",
+    "/etc/ppp/pap-secrets",
+    "/etc/kubernetes/admin.conf",
+    "/etc/kubernetes/pki",
+    "/etc/rancher/k3s/k3s.yaml",
+];
+
 /// Built-in profiles, embedded from `sandbox-profiles/`.
 pub const BUILTINS: &[(&str, &str)] = &[
     ("base", include_str!("../../sandbox-profiles/base.toml")),

@@ -10,7 +10,7 @@ mod model;
 mod raw;
 mod spec;
 
-pub use catalog::{BUILTINS, Catalog};
+pub use catalog::{BASE_DENY, BUILTINS, Catalog};
 pub use explain::{diff, explain};
 pub use model::{
     Backend, Delivery, EnvPolicy, FsPolicy, Grant, Kind, Limits, NetMode, NetPolicy, Origin,

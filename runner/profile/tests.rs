@@ -381,3 +381,10 @@ fn the_digest_covers_each_layers_name_and_text_in_order() {
     assert_ne!(q.digest(), p.digest());
     assert_ne!(q, p);
 }
+
+#[test]
+fn base_deny_is_the_deny_list_of_base_toml() {
+    let p = Catalog::new(None).load("base", None).unwrap();
+    let written: Vec<&str> = p.fs.deny.iter().map(|t| t.as_str()).collect();
+    assert_eq!(written, BASE_DENY);
+}

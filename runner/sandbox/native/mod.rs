@@ -18,6 +18,7 @@ mod rlimit;
 mod seccomp;
 mod spawn;
 mod stage;
+mod survey;
 
 use std::path::PathBuf;
 
@@ -65,7 +66,7 @@ pub fn stage_entry(mut args: impl Iterator<Item = String>) -> ! {
         std::process::exit(125);
     };
     let early = EarlyNamespaces::parse(&args.next().unwrap_or_default());
-    stage_main(fd, pass, early, None, None)
+    stage_main(fd, pass, early, None, None, None)
 }
 
 /// Why a native launch failed.

@@ -191,13 +191,16 @@ impl Stage {
                     // SAFETY: dup2 onto this process's standard descriptors.
                     unsafe { libc::dup2(from.as_raw_fd(), to) };
                 }
+                // The caller's home, for the base's deny paths the stage
+                // looks at before the plan (the environment goes next).
+                let home = std::env::var_os("HOME").map(PathBuf::from);
                 scrub_environment();
                 let (fd, pass) = (theirs.as_raw_fd(), pass_theirs.as_raw_fd());
                 // The stage closes every other descriptor (ours included)
                 // first, and never returns. A panic (an unwinding build)
                 // must not unwind into the runner's frames copied here.
                 let _ = std::panic::catch_unwind(move || {
-                    super::stage_main(fd, pass, early, tmp.as_deref(), spread)
+                    super::stage_main(fd, pass, early, tmp.as_deref(), spread, home)
                 });
                 // SAFETY: _exit ends this child without running anything of the runner's.
                 unsafe { libc::_exit(125) }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::landlock::{self as ll, Grant, Hole};
 use super::plan::{Isolation, NativePlan};
+use super::survey::Survey;
 use super::{NativeError, ns, rlimit, seccomp};
 use crate::profile::NetMode;
 use crate::sandbox::{Enforcement, Exit, Level, LimitHit};
@@ -191,6 +192,7 @@ pub fn main(
     early: super::plan::EarlyNamespaces,
     tmp: Option<&std::path::Path>,
     spread: Option<super::cpu::Spread>,
+    home: Option<PathBuf>,
 ) -> ! {
     close_inherited(&[fd, pass_fd]);
     if let Some(s) = spread {
@@ -210,7 +212,7 @@ pub fn main(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let mut chan = Channel(sock);
-    let code = match run(&mut chan, early, tmp) {
+    let code = match run(&mut chan, early, tmp, home.as_deref()) {
         Ok(code) => code,
         Err((code, e)) => {
             chan.send(&StageMsg::Failed {
@@ -298,6 +300,7 @@ fn run(
     chan: &mut Channel,
     early: super::plan::EarlyNamespaces,
     tmp: Option<&std::path::Path>,
+    home: Option<&Path>,
 ) -> StageResult<i32> {
     use super::plan::EarlyNamespaces;
     START.get_or_init(Instant::now);
@@ -378,6 +381,18 @@ fn run(
         Vec::new()
     };
     mark("opened-ahead");
+    // Then the base's deny paths (after `/etc`, which saves more where it
+    // is opened: as root, measured), while the plan is on its way; it must
+    // not wait for them either.
+    let survey = {
+        let mut plan_in = false;
+        let mut stop = || {
+            plan_in = plan_in || readable(&chan.0);
+            plan_in
+        };
+        Survey::before_plan(home, nix::unistd::getuid().as_raw(), &mut stop)
+    };
+    mark("surveyed");
     let plan = match read_plan(chan) {
         Ok(p) => p,
         // The runner decided not to launch (a refusal, a pending approval).
@@ -413,7 +428,7 @@ fn run(
         None => false,
     };
     let want_net = plan.spec.net.mode != NetMode::Host;
-    let mut ahead = Prepared::of(&plan, tmp_made, listings)?;
+    let mut ahead = Prepared::of(&plan, tmp_made, listings, &survey)?;
     // The mount view needs the mount namespace only, not the pid one: with
     // the namespaces entered early and a plan that runs in them, it is
     // built now, by the stage. pid 1 mounts its /proc afterwards. The pids
@@ -1130,10 +1145,14 @@ fn landlock_inputs(
 }
 
 impl Prepared {
-    fn of(plan: &NativePlan, tmp_made: bool, listings: Vec<ll::Listing>) -> StageResult<Self> {
+    fn of(
+        plan: &NativePlan,
+        tmp_made: bool,
+        listings: Vec<ll::Listing>,
+        survey: &Survey,
+    ) -> StageResult<Self> {
         let spec = &plan.spec;
-        let mut hidden = ns::expand_globs(&spec.fs.deny);
-        rlimit::drop_closed_by_permissions(&mut hidden, plan.uid);
+        let mut hidden = survey.hidden(&spec.fs.deny, plan.uid);
         hidden.extend(plan.hide.iter().cloned());
         let keep = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
         let mut inherited = Vec::new();
