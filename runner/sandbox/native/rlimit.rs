@@ -215,6 +215,15 @@ fn denied(path: &Path, mode: libc::c_int) -> bool {
 /// namespaces, a file of an unmapped owner shows as the overflow uid, so
 /// for a caller whose uid that is, such paths stay in: masked, not skipped).
 pub fn drop_closed_by_permissions(deny: &mut Vec<PathBuf>, uid: u32) {
+    let closed = closed_by_permissions(deny, uid);
+    let mut each = closed.iter();
+    deny.retain(|_| !each.next().copied().unwrap_or(false));
+}
+
+/// For each of `paths`, whether file permissions alone close it to the
+/// task (see [`drop_closed_by_permissions`]); all `false` if the DAC
+/// capabilities could not be set aside. One capability round trip for all.
+pub fn closed_by_permissions(paths: &[PathBuf], uid: u32) -> Vec<bool> {
     use std::os::unix::fs::MetadataExt as _;
     let closed = |p: &PathBuf| {
         std::fs::metadata(p).is_ok_and(|m| m.uid() != uid)
@@ -222,7 +231,7 @@ pub fn drop_closed_by_permissions(deny: &mut Vec<PathBuf>, uid: u32) {
                 .into_iter()
                 .all(|m| denied(p, m))
     };
-    let _ = without_dac(|| deny.retain(|p| !closed(p)));
+    without_dac(|| paths.iter().map(closed).collect()).unwrap_or_else(|| vec![false; paths.len()])
 }
 
 /// Checks, for a plan about to launch, that its command (which holds no
