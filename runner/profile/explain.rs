@@ -92,7 +92,7 @@ pub fn explain(p: &Profile) -> String {
         o,
         "network: {}",
         match p.net.mode {
-            NetMode::None => "none (loopback only)".to_owned(),
+            NetMode::None => "none (no interface up, no inet sockets)".to_owned(),
             NetMode::Proxy => format!("through the proxy, to {} only", list(&p.net.allow)),
             NetMode::Host => "THE HOST NETWORK, UNFILTERED (dangerous)".to_owned(),
         }

@@ -102,7 +102,7 @@ pub enum WorkspaceMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetMode {
-    /// Loopback only.
+    /// No network: no interface up in the task's namespace, no inet sockets.
     None,
     /// Through taskbox's proxy, by host allow-list.
     Proxy,

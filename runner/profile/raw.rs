@@ -115,7 +115,7 @@ pub struct FilesystemToml {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetModeToml {
-    /// Loopback only.
+    /// No network: no interface up in the task's namespace, no inet sockets.
     None,
     /// Egress through taskbox's proxy, by host allow-list.
     Proxy,

@@ -1080,3 +1080,35 @@ fn reading_with_denies(t: &TestBox, name: &str, dir: &std::path::Path, deny: &[&
         ),
     )
 }
+
+#[test]
+fn with_the_network_off_no_interface_is_up() {
+    each(|t| {
+        if !t.has_ns() {
+            eprintln!(
+                "SKIP with_the_network_off_no_interface_is_up ({:?}): no network namespace in this mode",
+                t.mode
+            );
+            return;
+        }
+        if !std::path::Path::new("/proc/net/if_inet6").exists() {
+            eprintln!(
+                "SKIP with_the_network_off_no_interface_is_up: no IPv6 here to show addresses"
+            );
+            return;
+        }
+        // An interface that is up has addresses: loopback's ::1 would show.
+        let r = t.taskbox(&[
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo start; cat /proc/net/if_inet6; cat /proc/net/dev | tail -n +3 | wc -l",
+        ]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.starts_with("start\n"), "{r:?}");
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "addresses in the task's namespace: {r:?}");
+        assert_eq!(lines[1].trim(), "1", "only loopback exists: {r:?}");
+    });
+}

@@ -10,7 +10,7 @@
 //! 0.37 ms off a Landlock + seccomp launch and 0.6 ms off a namespaced one;
 //! moving pid 1 another 0.03-0.18 ms. (The stage's network namespace is
 //! made by the stage itself, in its one `unshare`: a thread for it was
-//! slower wherever it ran, see `ns::enter_early`.)
+//! slower wherever it ran, see `ns::enter`.)
 //!
 //! The move is temporary: it narrows a process's CPUs to "the runner's but
 //! mine", and the process widens them back to the runner's set at a point

@@ -308,7 +308,7 @@ fn run(
     // The namespaces need nothing from the plan but our own ids: entering
     // them now overlaps their cost with the runner's preparation.
     let entered = (early != EarlyNamespaces::Later).then(|| {
-        ns::enter_early(
+        ns::enter(
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
             early == EarlyNamespaces::All,
@@ -449,8 +449,6 @@ fn run(
         )))?);
         mark("view-early");
     }
-    // With every namespace entered early, loopback is up already.
-    let loopback_up = early == EarlyNamespaces::All;
     let entered = match entered {
         // Past the first unshare: half entered, whatever the plan says,
         // there is no way back.
@@ -589,16 +587,7 @@ fn run(
                         drop(done);
                         ahead.landlock = Some(SharedLandlock { filling, ready });
                     }
-                    let code = match init(
-                        chan,
-                        &plan,
-                        isolation,
-                        notes,
-                        None,
-                        prebuilt,
-                        loopback_up,
-                        ahead,
-                    ) {
+                    let code = match init(chan, &plan, isolation, notes, None, prebuilt, ahead) {
                         Ok(c) => c,
                         Err((c, e)) => {
                             chan.send(&StageMsg::Failed {
@@ -658,9 +647,7 @@ fn run(
                     },
                 ));
             }
-            init(
-                chan, &plan, isolation, notes, deadline, prebuilt, false, ahead,
-            )
+            init(chan, &plan, isolation, notes, deadline, prebuilt, ahead)
         }
     }
 }
@@ -1205,7 +1192,6 @@ fn mount_plan<'a>(
 
 /// pid 1 of the task (or the stage itself in Landlock-only mode): builds the
 /// view, starts the command, reaps, and kills what is left when it ends.
-/// `loopback_up`: the network namespace came with loopback up already.
 #[allow(
     clippy::too_many_arguments,
     reason = "one step of the stage, two call sites; each argument is a distinct piece of state"
@@ -1217,7 +1203,6 @@ fn init(
     mut notes: Vec<String>,
     deadline: Option<Instant>,
     prebuilt: Prebuilt,
-    loopback_up: bool,
     ahead: Prepared,
 ) -> StageResult<i32> {
     let spec = &plan.spec;
@@ -1238,11 +1223,9 @@ fn init(
             Some(later) => ns::finish_view(&mounts, later),
             None => ns::build_view(&mounts),
         })?;
-        if spec.net.mode != NetMode::Host && !loopback_up {
-            setup(ns::loopback_up())?;
-        }
         setup(write_secret_files(&plan.secret_files))?;
         if spec.net.mode == NetMode::Proxy {
+            setup(ns::loopback_up())?;
             proxy_port = Some(setup(proxy_listener())?);
         }
         ns::set_hostname();
