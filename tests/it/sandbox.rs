@@ -561,9 +561,18 @@ fn protected_paths_stay_read_only_in_explore() {
             ".git renamed away"
         );
         if t.has_ns() {
+            let changed = TestBox::changed(&r);
             assert!(
-                TestBox::changed(&r).contains(&"src/new.rs".to_owned()),
+                changed.contains(&"src/new.rs".to_owned()),
                 "ordinary writes must still work: {r:?}"
+            );
+            // Not even the task's own layer took them: the changeset,
+            // read from outside, has none of the protected paths.
+            assert!(
+                !changed
+                    .iter()
+                    .any(|c| c.starts_with(".git") || c == ".envrc"),
+                "a protected path changed in the overlay: {changed:?}"
             );
         }
     });
