@@ -90,6 +90,10 @@ pub fn explain(p: &Profile) -> String {
     let _ = writeln!(o, "read-only even in the workspace: {}", list(&protected));
     let _ = writeln!(
         o,
+        "unix sockets: its own, and the host's only inside the trees above it can read or write (with namespaces: nothing else of the host is there; without them, socket(AF_UNIX) is refused)"
+    );
+    let _ = writeln!(
+        o,
         "network: {}",
         match p.net.mode {
             NetMode::None => "none (no interface up, no inet sockets)".to_owned(),

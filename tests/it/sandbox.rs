@@ -348,7 +348,7 @@ fn a_workspace_behind_another_users_private_directory_is_refused_before_launch()
 /// it), so this also checks that both halves are in force: the system trees
 /// and /proc stay readable, the ungranted file does not.
 #[test]
-fn what_the_profile_does_not_grant_is_unreadable_though_visible() {
+fn what_the_profile_does_not_grant_is_out_of_reach() {
     each(|t| {
         let r = t.sh(
             "explore",
@@ -359,7 +359,15 @@ fn what_the_profile_does_not_grant_is_unreadable_though_visible() {
         );
         r.code(0);
         assert!(!r.stdout.contains("outside-original"), "{r:?}");
-        assert!(r.stderr.contains("Permission denied"), "{r:?}");
+        // With namespaces a directory the profile grants nothing in is not
+        // there at all (an empty read-only tmpfs over it); without, Landlock
+        // refuses the read.
+        let why = if t.has_ns() {
+            "No such file or directory"
+        } else {
+            "Permission denied"
+        };
+        assert!(r.stderr.contains(why), "{r:?}");
         assert!(
             r.stdout.contains("Name:") && r.stdout.contains("USR-OK"),
             "{r:?}"
@@ -634,6 +642,64 @@ fn host_unix_socket_under_run_is_unreachable() {
             "{m:?}: a file appeared on the host"
         );
     }
+}
+
+#[test]
+fn a_host_socket_where_the_profile_grants_nothing_is_unreachable() {
+    // Landlock refuses reads there but not `connect`: a daemon of the
+    // caller's (rootless docker's `~/.docker/desktop/docker.sock`, an agent)
+    // or one open to all, in a tree the profile never granted.
+    each(|t| {
+        let dirs = [t.home.join(".docker/desktop"), t.outside.clone()];
+        let mut listeners = Vec::new();
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+            let l = std::os::unix::net::UnixListener::bind(d.join("d.sock")).unwrap();
+            l.set_nonblocking(true).unwrap();
+            listeners.push(l);
+        }
+        t.own(&t.home);
+        t.own(&t.outside);
+        let paths: Vec<String> = dirs
+            .iter()
+            .map(|d| format!("'{}'", d.join("d.sock").display()))
+            .collect();
+        // The task's own sockets still work where it has them (namespaces:
+        // its private /tmp); without a mount namespace it has none.
+        let py = format!(
+            "import os, socket\nfor p in [{}]:\n try:\n  s=socket.socket(socket.AF_UNIX); s.connect(p); print('CONNECTED', p)\n except OSError as e: print('refused', p, e.errno)\ntry:\n l=socket.socket(socket.AF_UNIX); l.bind('/tmp/own.sock'); l.listen(1)\n c=socket.socket(socket.AF_UNIX); c.connect('/tmp/own.sock'); print('OWN-OK')\nexcept OSError as e: print('own', e.errno)\na, b = socket.socketpair(); a.send(b'x'); print('PAIR', b.recv(1))\n",
+            paths.join(", ")
+        );
+        let r = t.py(&t.explore(), &py);
+        r.code(0);
+        assert!(!r.stdout.contains("CONNECTED"), "{:?}: {r:?}", t.mode);
+        std::thread::sleep(Duration::from_millis(50));
+        for (d, l) in dirs.iter().zip(&listeners) {
+            assert!(
+                l.accept().is_err(),
+                "{:?}: {} was reached",
+                t.mode,
+                d.display()
+            );
+        }
+        let errno = if t.has_ns() {
+            libc::ENOENT
+        } else {
+            libc::EPERM
+        };
+        assert_eq!(
+            r.stdout.matches(&format!(" {errno}\n")).count(),
+            if t.has_ns() { 2 } else { 3 },
+            "{:?}: {r:?}",
+            t.mode
+        );
+        assert_eq!(r.stdout.contains("OWN-OK"), t.has_ns(), "{r:?}");
+        assert!(r.stdout.contains("PAIR b'x'"), "{r:?}");
+        if !t.has_ns() {
+            let notes = r.json()["outcome"]["enforcement"]["notes"].to_string();
+            assert!(notes.contains("unix sockets are refused"), "{r:?}");
+        }
+    });
 }
 
 #[test]

@@ -98,12 +98,19 @@ fn overmount_tmpfs(
     read_only: bool,
 ) -> Result<(), NativeError> {
     use std::os::fd::AsRawFd as _;
-    let mut held = Vec::new();
-    for k in keep {
-        if k != target
-            && k.starts_with(target)
-            && let Some(fd) = open_path(k)
-        {
+    // Outermost first; a tree inside one already held comes back with it
+    // (the bind is recursive).
+    let mut inside: Vec<&PathBuf> = keep
+        .iter()
+        .filter(|k| *k != target && k.starts_with(target))
+        .collect();
+    inside.sort_by_key(|k| k.components().count());
+    let mut held: Vec<(PathBuf, std::os::fd::OwnedFd)> = Vec::new();
+    for k in inside {
+        if held.iter().any(|(h, _)| k.starts_with(h)) {
+            continue;
+        }
+        if let Some(fd) = open_path(k) {
             held.push((k.clone(), fd));
         }
     }
@@ -302,8 +309,18 @@ pub fn finish_view(p: &MountPlan<'_>, later: &Deferred) -> Result<(), NativeErro
 /// /proc goes to `later`.
 fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), NativeError> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let unreached = if proc {
+        Unreached {
+            dirs: Vec::new(),
+            sockets: Vec::new(),
+            keep: p.keep.to_vec(),
+        }
+    } else {
+        unreached(p.keep, p.workspace)?
+    };
+    let keep = &unreached.keep;
     let mut seen: Vec<PathBuf> = Vec::new();
-    for d in p.mask_dirs {
+    for d in p.mask_dirs.iter().chain(&unreached.dirs) {
         let real = real_path(d);
         if !proc && (in_proc(d) || real.as_deref().is_some_and(in_proc)) {
             later.mask_dirs.push(d.clone());
@@ -315,7 +332,7 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         if in_proc(&real) != proc || seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
             continue;
         }
-        overmount_tmpfs(&real, p.keep, hard | MsFlags::MS_NOEXEC, "mode=755", true)?;
+        overmount_tmpfs(&real, keep, hard | MsFlags::MS_NOEXEC, "mode=755", true)?;
         seen.push(real);
     }
     // A mode-000 file to bind over denied files, made when the first one
@@ -323,6 +340,13 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
     // removed afterwards.
     let mask_file = Path::new("/tmp/.taskbox-mask");
     let mut mask_made = false;
+    for s in &unreached.sockets {
+        if !mask_made {
+            make_mask_file(mask_file)?;
+            mask_made = true;
+        }
+        bind_ro(mask_file, s)?;
+    }
     // Directories masked so far: what lies beneath one is unreachable
     // already (a mode-000 tmpfs), and a path listed twice (the state dir
     // is a built-in deny path and hidden by the runner too) is masked once.
@@ -394,6 +418,137 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         bind_ro(path, path)?;
     }
     Ok(())
+}
+
+/// What the view hides of the host beyond the profile's masks: see [`unreached`].
+#[derive(Debug)]
+struct Unreached {
+    /// Top-level directories holding nothing granted, or granted trees only
+    /// in part: each becomes an empty read-only tmpfs with the granted trees
+    /// bound back in.
+    dirs: Vec<PathBuf>,
+    /// Pathname sockets at the top of `/` and of `/dev` (a syslog `/dev/log`).
+    sockets: Vec<PathBuf>,
+    /// The granted trees, plus each as it resolves through a top-level
+    /// symlink (`/home` -> `var/home`), so the directory it really lies in
+    /// keeps it.
+    keep: Vec<PathBuf>,
+}
+
+/// Top-level names the view always has its own way: a fresh `/proc` and
+/// `/tmp`, sysfs (which holds no sockets) and `/dev`, whose sockets alone
+/// are masked.
+const OWN_TOPS: [&str; 4] = ["/proc", "/sys", "/tmp", "/dev"];
+
+/// The parts of the host the profile grants nothing in, which the view
+/// hides rather than leave to Landlock. Landlock (up to ABI 7) refuses
+/// reads and writes but not `connect` on a pathname unix socket, which
+/// needs only the walk to it and the socket's write permission: in a
+/// read-only host tree a task could reach any daemon of its user
+/// (`~/.docker/desktop/docker.sock`, an agent's socket) or one open to
+/// all. So every top-level directory not inside a granted tree is
+/// overmounted, its granted trees bound back, and sockets at the top of
+/// `/` and `/dev` are masked. A socket inside a granted tree stays
+/// reachable, as the grant says.
+fn unreached(keep: &[PathBuf], workspace: &Path) -> Result<Unreached, NativeError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let list = |dir: &str| {
+        std::fs::read_dir(dir).map_err(|source| NativeError::Setup {
+            what: format!("list {dir}"),
+            source,
+        })
+    };
+    let mut tops = Vec::new();
+    for e in list("/")?.flatten() {
+        let (path, Ok(ft)) = (e.path(), e.file_type()) else {
+            continue;
+        };
+        let top = if ft.is_symlink() {
+            match std::fs::read_link(&path) {
+                Ok(to) => Top::Link(to),
+                Err(_) => continue,
+            }
+        } else if ft.is_dir() {
+            Top::Dir
+        } else if ft.is_socket() {
+            Top::Socket
+        } else {
+            continue;
+        };
+        tops.push((path, top));
+    }
+    let mut u = hide_of(tops, keep, workspace);
+    if let Ok(dev) = list("/dev") {
+        u.sockets.extend(
+            dev.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                .map(|e| e.path()),
+        );
+    }
+    Ok(u)
+}
+
+/// What an entry of `/` is, for [`hide_of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Top {
+    Dir,
+    /// A symlink, with its target as written.
+    Link(PathBuf),
+    Socket,
+}
+
+/// [`unreached`]'s decision on the entries of `/` it read.
+fn hide_of(tops: Vec<(PathBuf, Top)>, keep: &[PathBuf], workspace: &Path) -> Unreached {
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut dirs = Vec::new();
+    let mut sockets = Vec::new();
+    for (path, top) in tops {
+        match top {
+            Top::Link(to) => links.push((path, lexical(&Path::new("/").join(to)))),
+            Top::Dir if !OWN_TOPS.iter().any(|o| path == Path::new(o)) => dirs.push(path),
+            Top::Dir => {}
+            Top::Socket => sockets.push(path),
+        }
+    }
+    let mut kept: Vec<PathBuf> = keep.to_vec();
+    kept.push(workspace.to_path_buf());
+    for k in kept.clone() {
+        // Through at most 8 top-level links, as the kernel follows 40.
+        let mut cur = k;
+        for _ in 0..8 {
+            let Some((link, to)) = links.iter().find(|(l, _)| cur.starts_with(l)) else {
+                break;
+            };
+            let rest = cur.strip_prefix(link).unwrap_or(Path::new(""));
+            cur = lexical(&to.join(rest));
+            kept.push(cur.clone());
+        }
+    }
+    dirs.retain(|d| !kept.iter().any(|k| d.starts_with(k)));
+    Unreached {
+        dirs,
+        sockets,
+        keep: kept,
+    }
+}
+
+/// `p` with `.` and `..` taken out by its spelling alone (a top-level
+/// symlink's target, joined onto `/`).
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if out.parent().is_some() {
+                    out.pop();
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -652,6 +807,42 @@ fn open_path(p: &Path) -> Option<std::os::fd::OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_level_directories_without_a_whole_grant_are_hidden() {
+        let p = PathBuf::from;
+        let tops = vec![
+            (p("/usr"), Top::Dir),
+            (p("/bin"), Top::Link(p("usr/bin"))),
+            (p("/home"), Top::Link(p("var/home"))),
+            (p("/var"), Top::Dir),
+            (p("/srv"), Top::Dir),
+            (p("/work"), Top::Dir),
+            (p("/proc"), Top::Dir),
+            (p("/tmp"), Top::Dir),
+            (p("/dev"), Top::Dir),
+            (p("/docker.sock"), Top::Socket),
+            (p("/up"), Top::Link(p("../srv/./x"))),
+        ];
+        let keep = [p("/usr"), p("/home/u/.cargo"), p("/up/y")];
+        let u = hide_of(tops, &keep, Path::new("/work/ws"));
+        // /usr is granted whole; /var holds a grant (through /home) in part,
+        // /work the workspace, /srv one through /up; the task's own tops
+        // are left to the view.
+        assert_eq!(u.dirs, [p("/var"), p("/srv"), p("/work")]);
+        assert_eq!(u.sockets, [p("/docker.sock")]);
+        for k in [
+            "/var/home/u/.cargo",
+            "/srv/x/y",
+            "/work/ws",
+            "/home/u/.cargo",
+        ] {
+            assert!(u.keep.contains(&p(k)), "{k} not kept: {:?}", u.keep);
+        }
+        // Granting `/` hides nothing.
+        let u = hide_of(vec![(p("/var"), Top::Dir)], &[p("/")], Path::new("/w"));
+        assert!(u.dirs.is_empty());
+    }
 
     #[test]
     fn a_last_component_glob_matches_what_the_glob_crate_does() {

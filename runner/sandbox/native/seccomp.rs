@@ -135,13 +135,14 @@ fn target() -> Result<TargetArch, NativeError> {
 /// 102. The kernel's attach cost is about 1.2 µs per instruction
 /// here, paid on every launch.)
 ///
-/// `inet`: whether AF_INET/AF_INET6 sockets stay allowed.
+/// `inet`: whether AF_INET/AF_INET6 sockets stay allowed; `unix`: whether
+/// `socket(AF_UNIX)` does (see [`socket_rules`]).
 ///
 /// # Errors
 /// When seccompiler rejects a rule (a bug) or the architecture is unsupported.
-pub fn build(inet: bool) -> Result<Vec<BpfProgram>, NativeError> {
+pub fn build(inet: bool, unix: bool) -> Result<Vec<BpfProgram>, NativeError> {
     let mut rules = argument_rules()?;
-    rules.extend(socket_rules(inet)?);
+    rules.extend(socket_rules(inet, unix)?);
     let mut prog = prologue();
     prog.extend(refuse_by_number());
     prog.extend(compile(rules)?);
@@ -165,8 +166,8 @@ pub fn without_sockets() -> Result<BpfProgram, NativeError> {
 ///
 /// # Errors
 /// As [`build`].
-pub fn sockets(inet: bool) -> Result<BpfProgram, NativeError> {
-    compile(socket_rules(inet)?)
+pub fn sockets(inet: bool, unix: bool) -> Result<BpfProgram, NativeError> {
+    compile(socket_rules(inet, unix)?)
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, NativeError> {
@@ -216,21 +217,33 @@ fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
     Ok(rules)
 }
 
-/// Socket families: unix always; inet/inet6 only when the network allows.
-fn socket_rules(inet: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
-    let mut family = vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?];
+/// Socket families: inet/inet6 only when the network allows; unix pairs
+/// always, and `socket(AF_UNIX)` only with `unix`. Without a mount
+/// namespace nothing keeps a host's pathname sockets out of reach (Landlock
+/// up to ABI 7 does not cover `connect`), so there a task gets no unix
+/// socket it could connect with: `socketpair` reaches no one else.
+fn socket_rules(inet: bool, unix: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
+    let mut pair = vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?];
     if inet {
-        family.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET as u64)?);
-        family.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET6 as u64)?);
+        pair.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET as u64)?);
+        pair.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET6 as u64)?);
+    }
+    let mut single = pair.clone();
+    if !unix {
+        single.remove(0);
+    }
+    if single.is_empty() {
+        // No family at all: a condition every call meets.
+        single.push(cond(0, SeccompCmpOp::Ge, 0)?);
     }
     let mut rules = BTreeMap::new();
     rules.insert(
         libc::SYS_socket,
-        vec![SeccompRule::new(family.clone()).map_err(seccomp_err)?],
+        vec![SeccompRule::new(single).map_err(seccomp_err)?],
     );
     rules.insert(
         libc::SYS_socketpair,
-        vec![SeccompRule::new(family).map_err(seccomp_err)?],
+        vec![SeccompRule::new(pair).map_err(seccomp_err)?],
     );
     Ok(rules)
 }
@@ -353,7 +366,7 @@ mod tests {
     const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
 
     fn verdict(inet: bool, nr: i64, args: [u64; 6]) -> u32 {
-        let f = build(inet).unwrap();
+        let f = build(inet, true).unwrap();
         assert_eq!(f.len(), 1, "one filter, one attach");
         run(&f[0], audit_arch(), u32::try_from(nr).unwrap(), args)
     }
@@ -429,8 +442,27 @@ mod tests {
     }
 
     #[test]
+    fn without_unix_sockets_only_pairs_of_them_remain() {
+        let af = |f: i32| [f as u64, 1, 0, 0, 0, 0];
+        for inet in [false, true] {
+            let f = build(inet, false).unwrap();
+            let v = |nr: i64, f2: i32| run(&f[0], audit_arch(), u32::try_from(nr).unwrap(), af(f2));
+            assert_eq!(v(libc::SYS_socket, libc::AF_UNIX), EPERM, "inet {inet}");
+            assert_eq!(v(libc::SYS_socketpair, libc::AF_UNIX), ALLOW, "inet {inet}");
+            assert_eq!(v(libc::SYS_socket, libc::AF_NETLINK), EPERM, "inet {inet}");
+            let want = if inet { ALLOW } else { EPERM };
+            assert_eq!(v(libc::SYS_socket, libc::AF_INET), want);
+            assert_eq!(v(libc::SYS_socket, libc::AF_INET6), want);
+            // The part attached ahead plus this one decide as the whole.
+            let second = sockets(inet, false).unwrap();
+            let nr = u32::try_from(libc::SYS_socket).unwrap();
+            assert_eq!(run(&second, audit_arch(), nr, af(libc::AF_UNIX)), EPERM);
+        }
+    }
+
+    #[test]
     fn other_architectures_and_x32_are_killed() {
-        let f = build(false).unwrap();
+        let f = build(false, true).unwrap();
         // i386 `int 0x80`: AUDIT_ARCH_I386, where 101 is ptrace... and 0 restart_syscall.
         for nr in [0, 101, 26] {
             assert_eq!(run(&f[0], 0x4000_0003, nr, [0; 6]), RET_KILL_PROCESS);
@@ -461,7 +493,7 @@ mod tests {
             ])
             .collect();
         for inet in [false, true] {
-            let second = sockets(inet).unwrap();
+            let second = sockets(inet, true).unwrap();
             for (nr, args) in &cases {
                 let nr32 = u32::try_from(*nr).unwrap();
                 // Several filters: the kernel takes the most restrictive
@@ -476,7 +508,7 @@ mod tests {
 
     #[test]
     fn filter_stays_compact() {
-        let f = build(false).unwrap();
+        let f = build(false, true).unwrap();
         let total: usize = f.iter().map(Vec::len).sum();
         // attach cost grows ~1.2 µs per instruction
         assert!(total < 160, "filter has {total} instructions");

@@ -328,15 +328,16 @@ fn run(
         .then(attach_without_sockets)
         .and_then(Result::ok)
     {
+        // Landlock-only: no `socket(AF_UNIX)` (see `seccomp::socket_rules`).
         Some(insns) => Prebuilt {
             filters: (
-                seccomp::sockets(false).map(|f| vec![f]),
-                seccomp::sockets(true).map(|f| vec![f]),
+                seccomp::sockets(false, false).map(|f| vec![f]),
+                seccomp::sockets(true, false).map(|f| vec![f]),
             ),
             attached: Some(insns),
         },
         None => Prebuilt {
-            filters: (seccomp::build(false), seccomp::build(true)),
+            filters: (seccomp::build(false, true), seccomp::build(true, true)),
             attached: None,
         },
     };
@@ -1275,11 +1276,16 @@ fn init(
     }
     let inet = spec.net.mode != NetMode::None;
     let attached = prebuilt.attached.unwrap_or(0);
-    let filters = setup(if inet {
-        prebuilt.filters.1
-    } else {
-        prebuilt.filters.0
+    let filters = setup(match (isolation, prebuilt.attached) {
+        // Namespaces were tried and failed: the filters built for them
+        // allow unix sockets, which only a mount view keeps in bounds.
+        (Isolation::LandlockOnly, None) => seccomp::build(inet, false),
+        _ if inet => prebuilt.filters.1,
+        _ => prebuilt.filters.0,
     })?;
+    if isolation == Isolation::LandlockOnly {
+        notes.push("without a mount namespace, unix sockets are refused (socket(AF_UNIX) fails; socketpair works): Landlock cannot keep the host's sockets out of reach".into());
+    }
     mark("prepared");
     let mut fds: Vec<(String, String)> = inherited
         .iter()
