@@ -394,6 +394,11 @@ fn run(
         Survey::before_plan(home, nix::unistd::getuid().as_raw(), &mut stop)
     };
     mark("surveyed");
+    // The top of `/`, for the view's hiding of what the profile grants
+    // nothing in (it does not depend on the plan).
+    let tops = matches!(entered, Some(Ok(_)))
+        .then(ns::list_tops)
+        .and_then(Result::ok);
     let plan = match read_plan(chan) {
         Ok(p) => p,
         // The runner decided not to launch (a refusal, a pending approval).
@@ -447,6 +452,7 @@ fn run(
             &plan,
             &ahead.hidden,
             &ahead.keep,
+            tops.as_deref(),
         )))?);
         mark("view-early");
     }
@@ -1175,6 +1181,7 @@ fn mount_plan<'a>(
     plan: &'a NativePlan,
     hidden: &'a [PathBuf],
     keep: &'a [PathBuf],
+    tops: Option<&'a [(PathBuf, ns::Top)]>,
 ) -> ns::MountPlan<'a> {
     let spec = &plan.spec;
     ns::MountPlan {
@@ -1188,6 +1195,7 @@ fn mount_plan<'a>(
             .overlay
             .as_ref()
             .map(|o| (o.upper.as_path(), o.work.as_path())),
+        tops,
     }
 }
 
@@ -1219,7 +1227,7 @@ fn init(
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
     if isolation == Isolation::Namespaces {
-        let mounts = mount_plan(plan, &hidden, &keep);
+        let mounts = mount_plan(plan, &hidden, &keep, None);
         setup(match &view_prepared {
             Some(later) => ns::finish_view(&mounts, later),
             None => ns::build_view(&mounts),
