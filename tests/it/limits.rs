@@ -175,6 +175,28 @@ fn memory_bomb_is_contained() {
 }
 
 #[test]
+fn a_memory_bomb_in_the_private_tmp_is_contained() {
+    // A tmpfs is RAM no rlimit counts (half the host's by default): the
+    // task's own /tmp holds at most its `memory` (256 MiB here).
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let p = tight(&t);
+        let r = t.sh(
+            &p,
+            "dd if=/dev/zero of=/tmp/fill bs=1M count=384 2>&1; stat -c 'SIZE %s' /tmp/fill",
+        );
+        assert!(r.stdout.contains("No space left on device"), "{m:?}: {r:?}");
+        let size: u64 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SIZE "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(size <= 256 << 20, "{m:?}: {size} bytes in /tmp");
+    }
+}
+
+#[test]
 fn output_flood_is_capped_and_stopped() {
     for m in Mode::ALL {
         let t = TestBox::new(m);

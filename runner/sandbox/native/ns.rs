@@ -87,6 +87,10 @@ pub struct MountPlan<'a> {
     pub overlay: Option<(&'a Path, &'a Path)>,
     /// The entries of `/`, if listed ahead ([`list_tops`]); else listed when needed.
     pub tops: Option<&'a [(PathBuf, Top)]>,
+    /// The most each of the task's `/tmp` and `/dev/shm` may hold (the
+    /// profile's `memory`): a tmpfs is RAM that no rlimit counts, and its
+    /// default is half the host's.
+    pub tmp_size: Option<u64>,
 }
 
 /// Mounts a fresh tmpfs on `target`, carrying over the granted trees beneath it
@@ -283,13 +287,17 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     }
     read_only_root(p.write)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    overmount_tmpfs(Path::new("/tmp"), p.keep, hard, "mode=1777", false, None)?;
+    let data = match p.tmp_size {
+        Some(n) => format!("mode=1777,size={n}"),
+        None => "mode=1777".to_owned(),
+    };
+    overmount_tmpfs(Path::new("/tmp"), p.keep, hard, &data, false, None)?;
     if Path::new("/dev/shm").is_dir() {
         overmount_tmpfs(
             Path::new("/dev/shm"),
             p.keep,
             hard | MsFlags::MS_NOEXEC,
-            "mode=1777",
+            &data,
             false,
             None,
         )?;

@@ -1196,6 +1196,7 @@ fn mount_plan<'a>(
             .as_ref()
             .map(|o| (o.upper.as_path(), o.work.as_path())),
         tops,
+        tmp_size: spec.limits.memory,
     }
 }
 
