@@ -513,6 +513,68 @@ print('end')
 }
 
 #[test]
+fn the_hosts_system_v_ipc_is_out_of_reach() {
+    // A host segment open to all (0666), found by its key or straight by its
+    // id: the IPC namespace makes the task's its own; without one, seccomp
+    // refuses System V IPC (Landlock does not cover it).
+    each(|t| {
+        let key = 0x7b00_0000 | (std::process::id() as i32 & 0xffff);
+        // SAFETY: plain System V calls on a segment this test owns; the
+        // pointer is used within the segment's 4096 bytes and detached.
+        let (id, p) = unsafe {
+            let id = libc::shmget(key, 4096, libc::IPC_CREAT | 0o666);
+            assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
+            let p = libc::shmat(id, std::ptr::null(), 0).cast::<u8>();
+            assert!(!p.is_null() && p as isize != -1);
+            std::ptr::copy_nonoverlapping(b"HOST-SHM-SECRET".as_ptr(), p, 15);
+            (id, p)
+        };
+        let py = format!(
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\nfor name, sid in [('key', libc.shmget({key}, 0, 0)), ('id', {id})]:\n    a = libc.shmat(sid, None, 0) if sid >= 0 else None\n    if a in (None, ctypes.c_void_p(-1).value):\n        print(name, 'refused', ctypes.get_errno())\n    else:\n        print(name, 'READ', ctypes.string_at(a, 15)); ctypes.memmove(a, b'TASK-WAS-HERE', 13)\nprint('msg', 'refused' if libc.msgget({key}, 0o1666) < 0 else 'MADE', ctypes.get_errno())\n"
+        );
+        let r = t.taskbox(&["run", "--json", "--", "/usr/bin/python3", "-c", &py]);
+        // SAFETY: the segment is still attached here (`p`), 4096 bytes.
+        let host = unsafe { std::slice::from_raw_parts(p, 15).to_vec() };
+        // SAFETY: detach and remove what this test made.
+        unsafe {
+            libc::shmdt(p.cast());
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            let q = libc::msgget(key, 0);
+            if q >= 0 {
+                libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+            }
+        }
+        r.code(0);
+        assert_eq!(
+            &host, b"HOST-SHM-SECRET",
+            "{:?}: the task wrote the host's segment",
+            t.mode
+        );
+        assert!(!r.stdout.contains("READ"), "{:?}: {r:?}", t.mode);
+        assert_eq!(
+            r.stdout
+                .lines()
+                .filter(|l| ["key refused", "id refused", "msg refused"]
+                    .iter()
+                    .any(|p| l.starts_with(p)))
+                .count(),
+            2 + usize::from(!t.has_ns()),
+            "{:?}: {r:?}",
+            t.mode
+        );
+        if t.has_ns() {
+            // Its own IPC namespace: a queue of its own, gone with it.
+            assert!(r.stdout.contains("msg MADE"), "{r:?}");
+        } else {
+            assert!(
+                r.stdout.contains(&format!("msg refused {}", libc::EPERM)),
+                "{r:?}"
+            );
+        }
+    });
+}
+
+#[test]
 fn tiocsti_and_netlink_are_refused() {
     each(|t| {
         let py = r#"

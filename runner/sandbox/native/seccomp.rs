@@ -95,6 +95,45 @@ const DENY: &[(&str, i64)] = &[
     ("ioperm: raw I/O ports", libc::SYS_ioperm),
 ];
 
+/// Refused too where the task shares the host's IPC namespace (no
+/// namespaces): System V shared memory, message queues and semaphores are
+/// found by key or by a small id, and Landlock does not cover them, so a
+/// task could read or write the host's. (`shmdt` only detaches.)
+const DENY_SHARED_IPC: &[(&str, i64)] = &[
+    (
+        "shmget: the host's System V shared memory",
+        libc::SYS_shmget,
+    ),
+    ("shmat: the host's System V shared memory", libc::SYS_shmat),
+    (
+        "shmctl: the host's System V shared memory",
+        libc::SYS_shmctl,
+    ),
+    (
+        "msgget: the host's System V message queues",
+        libc::SYS_msgget,
+    ),
+    (
+        "msgsnd: the host's System V message queues",
+        libc::SYS_msgsnd,
+    ),
+    (
+        "msgrcv: the host's System V message queues",
+        libc::SYS_msgrcv,
+    ),
+    (
+        "msgctl: the host's System V message queues",
+        libc::SYS_msgctl,
+    ),
+    ("semget: the host's System V semaphores", libc::SYS_semget),
+    ("semop: the host's System V semaphores", libc::SYS_semop),
+    (
+        "semtimedop: the host's System V semaphores",
+        libc::SYS_semtimedop,
+    ),
+    ("semctl: the host's System V semaphores", libc::SYS_semctl),
+];
+
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
 const PER_LINUX: u64 = 0;
@@ -135,16 +174,18 @@ fn target() -> Result<TargetArch, NativeError> {
 /// 102. The kernel's attach cost is about 1.2 µs per instruction
 /// here, paid on every launch.)
 ///
-/// `inet`: whether AF_INET/AF_INET6 sockets stay allowed; `unix`: whether
-/// `socket(AF_UNIX)` does (see [`socket_rules`]).
+/// `inet`: whether AF_INET/AF_INET6 sockets stay allowed; `ns`: whether
+/// the task has mount and IPC namespaces of its own. Without them
+/// `socket(AF_UNIX)` (see [`socket_rules`]) and System V IPC
+/// ([`DENY_SHARED_IPC`]) are refused as well.
 ///
 /// # Errors
 /// When seccompiler rejects a rule (a bug) or the architecture is unsupported.
-pub fn build(inet: bool, unix: bool) -> Result<Vec<BpfProgram>, NativeError> {
+pub fn build(inet: bool, ns: bool) -> Result<Vec<BpfProgram>, NativeError> {
     let mut rules = argument_rules()?;
-    rules.extend(socket_rules(inet, unix)?);
+    rules.extend(socket_rules(inet, ns)?);
     let mut prog = prologue();
-    prog.extend(refuse_by_number());
+    prog.extend(refuse_by_number(ns));
     prog.extend(compile(rules)?);
     Ok(vec![prog])
 }
@@ -155,9 +196,9 @@ pub fn build(inet: bool, unix: bool) -> Result<Vec<BpfProgram>, NativeError> {
 ///
 /// # Errors
 /// As [`build`].
-pub fn without_sockets() -> Result<BpfProgram, NativeError> {
+pub fn without_sockets(ns: bool) -> Result<BpfProgram, NativeError> {
     let mut prog = prologue();
-    prog.extend(refuse_by_number());
+    prog.extend(refuse_by_number(ns));
     prog.extend(compile(argument_rules()?)?);
     Ok(prog)
 }
@@ -166,8 +207,8 @@ pub fn without_sockets() -> Result<BpfProgram, NativeError> {
 ///
 /// # Errors
 /// As [`build`].
-pub fn sockets(inet: bool, unix: bool) -> Result<BpfProgram, NativeError> {
-    compile(socket_rules(inet, unix)?)
+pub fn sockets(inet: bool, ns: bool) -> Result<BpfProgram, NativeError> {
+    compile(socket_rules(inet, ns)?)
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, NativeError> {
@@ -218,18 +259,18 @@ fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
 }
 
 /// Socket families: inet/inet6 only when the network allows; unix pairs
-/// always, and `socket(AF_UNIX)` only with `unix`. Without a mount
+/// always, and `socket(AF_UNIX)` only with namespaces (`ns`). Without a mount
 /// namespace nothing keeps a host's pathname sockets out of reach (Landlock
 /// up to ABI 7 does not cover `connect`), so there a task gets no unix
 /// socket it could connect with: `socketpair` reaches no one else.
-fn socket_rules(inet: bool, unix: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
+fn socket_rules(inet: bool, ns: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
     let mut pair = vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?];
     if inet {
         pair.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET as u64)?);
         pair.push(cond(0, SeccompCmpOp::Ne, libc::AF_INET6 as u64)?);
     }
     let mut single = pair.clone();
-    if !unix {
+    if !ns {
         single.remove(0);
     }
     if single.is_empty() {
@@ -289,14 +330,17 @@ fn prologue() -> Vec<sock_filter> {
     p
 }
 
-/// One comparison per [`DENY`] entry, each jumping straight to a shared
-/// `EPERM`; `clone3` to `ENOSYS`; anything else jumps over both returns to
-/// the rules that follow. Expects the syscall number loaded.
-fn refuse_by_number() -> Vec<sock_filter> {
+/// One comparison per [`DENY`] entry (and, without namespaces, per
+/// [`DENY_SHARED_IPC`] entry), each jumping straight to a shared `EPERM`;
+/// `clone3` to `ENOSYS`; anything else jumps over both returns to the rules
+/// that follow. Expects the syscall number loaded.
+fn refuse_by_number(ns: bool) -> Vec<sock_filter> {
     let nr = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-    let m = DENY.len();
+    let extra: &[(&str, i64)] = if ns { &[] } else { DENY_SHARED_IPC };
+    let list: Vec<&(&str, i64)> = DENY.iter().chain(extra).collect();
+    let m = list.len();
     let mut p = Vec::with_capacity(m + 4);
-    for (i, (_, n)) in DENY.iter().enumerate() {
+    for (i, (_, n)) in list.iter().enumerate() {
         // Past the rest of the list, the clone3 test and the jump: EPERM.
         let to_eperm = u8::try_from(m - i + 1).unwrap_or(u8::MAX);
         p.push(insn(JEQ_K, to_eperm, 0, nr(*n)));
@@ -442,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn without_unix_sockets_only_pairs_of_them_remain() {
+    fn without_namespaces_unix_sockets_but_pairs_and_system_v_ipc_are_refused() {
         let af = |f: i32| [f as u64, 1, 0, 0, 0, 0];
         for inet in [false, true] {
             let f = build(inet, false).unwrap();
@@ -457,6 +501,14 @@ mod tests {
             let second = sockets(inet, false).unwrap();
             let nr = u32::try_from(libc::SYS_socket).unwrap();
             assert_eq!(run(&second, audit_arch(), nr, af(libc::AF_UNIX)), EPERM);
+            let first = without_sockets(false).unwrap();
+            let with_ns = build(inet, true).unwrap();
+            for (why, n) in DENY_SHARED_IPC {
+                let n32 = u32::try_from(*n).unwrap();
+                assert_eq!(run(&f[0], audit_arch(), n32, [0; 6]), EPERM, "{why}");
+                assert_eq!(run(&first, audit_arch(), n32, [0; 6]), EPERM, "{why}");
+                assert_eq!(run(&with_ns[0], audit_arch(), n32, [0; 6]), ALLOW, "{why}");
+            }
         }
     }
 
@@ -475,9 +527,9 @@ mod tests {
 
     #[test]
     fn the_two_part_filter_decides_as_the_whole() {
-        let first = without_sockets().unwrap();
         let cases: Vec<(i64, [u64; 6])> = DENY
             .iter()
+            .chain(DENY_SHARED_IPC)
             .map(|(_, nr)| (*nr, [0; 6]))
             .chain([
                 (libc::SYS_read, [0; 6]),
@@ -486,22 +538,28 @@ mod tests {
                 (libc::SYS_ioctl, [1, TIOCSTI, 0, 0, 0, 0]),
                 (libc::SYS_socket, [libc::AF_INET as u64, 1, 0, 0, 0, 0]),
                 (libc::SYS_socket, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]),
+                (libc::SYS_socketpair, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]),
                 (
                     libc::SYS_socketpair,
                     [libc::AF_NETLINK as u64, 1, 0, 0, 0, 0],
                 ),
             ])
             .collect();
-        for inet in [false, true] {
-            let second = sockets(inet, true).unwrap();
-            for (nr, args) in &cases {
-                let nr32 = u32::try_from(*nr).unwrap();
-                // Several filters: the kernel takes the most restrictive
-                // verdict (allow is the least).
-                let a = run(&first, audit_arch(), nr32, *args);
-                let b = run(&second, audit_arch(), nr32, *args);
-                let both = if a == ALLOW { b } else { a };
-                assert_eq!(both, verdict(inet, *nr, *args), "syscall {nr} {args:?}");
+        for ns in [false, true] {
+            let first = without_sockets(ns).unwrap();
+            for inet in [false, true] {
+                let second = sockets(inet, ns).unwrap();
+                let whole = build(inet, ns).unwrap();
+                for (nr, args) in &cases {
+                    let nr32 = u32::try_from(*nr).unwrap();
+                    // Several filters: the kernel takes the most restrictive
+                    // verdict (allow is the least).
+                    let a = run(&first, audit_arch(), nr32, *args);
+                    let b = run(&second, audit_arch(), nr32, *args);
+                    let both = if a == ALLOW { b } else { a };
+                    let want = run(&whole[0], audit_arch(), nr32, *args);
+                    assert_eq!(both, want, "ns {ns} inet {inet}: syscall {nr} {args:?}");
+                }
             }
         }
     }
@@ -517,7 +575,7 @@ mod tests {
 
     #[test]
     fn every_deny_entry_says_why() {
-        for (why, _) in DENY {
+        for (why, _) in DENY.iter().chain(DENY_SHARED_IPC) {
             assert!(why.contains(": "), "{why}");
         }
     }

@@ -328,7 +328,7 @@ fn run(
         .then(attach_without_sockets)
         .and_then(Result::ok)
     {
-        // Landlock-only: no `socket(AF_UNIX)` (see `seccomp::socket_rules`).
+        // Landlock-only: no `socket(AF_UNIX)`, no System V IPC (see `seccomp::build`).
         Some(insns) => Prebuilt {
             filters: (
                 seccomp::sockets(false, false).map(|f| vec![f]),
@@ -977,7 +977,7 @@ struct Prebuilt {
 /// Attaches everything of the filter but the socket-family rule to this
 /// (Landlock-only) stage; its instruction count.
 fn attach_without_sockets() -> Result<usize, NativeError> {
-    let f = seccomp::without_sockets()?;
+    let f = seccomp::without_sockets(false)?;
     rlimit::no_new_privs()?;
     seccomp::apply(&[f])
 }
@@ -1287,13 +1287,15 @@ fn init(
     let attached = prebuilt.attached.unwrap_or(0);
     let filters = setup(match (isolation, prebuilt.attached) {
         // Namespaces were tried and failed: the filters built for them
-        // allow unix sockets, which only a mount view keeps in bounds.
+        // allow unix sockets and System V IPC, which only a mount view and
+        // an IPC namespace keep in bounds.
         (Isolation::LandlockOnly, None) => seccomp::build(inet, false),
         _ if inet => prebuilt.filters.1,
         _ => prebuilt.filters.0,
     })?;
     if isolation == Isolation::LandlockOnly {
         notes.push("without a mount namespace, unix sockets are refused (socket(AF_UNIX) fails; socketpair works): Landlock cannot keep the host's sockets out of reach".into());
+        notes.push("without an IPC namespace, System V shared memory, message queues and semaphores are refused: they would be the host's".into());
     }
     mark("prepared");
     let mut fds: Vec<(String, String)> = inherited
