@@ -760,6 +760,8 @@ fn a_host_socket_where_the_profile_grants_nothing_is_unreachable() {
         if !t.has_ns() {
             let notes = r.json()["outcome"]["enforcement"]["notes"].to_string();
             assert!(notes.contains("unix sockets are refused"), "{r:?}");
+            // What it cannot hide, it says.
+            assert!(notes.contains("the host's processes are visible"), "{r:?}");
         }
     });
 }

@@ -571,6 +571,10 @@ fn run(
             "without a mount namespace, chmod/chown/utimes on files the caller owns outside the writable trees are not refused (Landlock does not cover them)"
                 .into(),
         );
+        notes.push(
+            "without a pid namespace, the host's processes are visible in /proc, command lines included (their environments and memory are not: Landlock refuses that access to processes outside the task)"
+                .into(),
+        );
     }
     if let Some(cg) = plan.cgroup.as_ref().filter(|_| !cgroup_joined) {
         setup(join_cgroup(cg))?;
