@@ -348,8 +348,10 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         unreached(p.keep, p.workspace, p.tops)?
     };
     let keep = &unreached.keep;
-    let mut seen: Vec<PathBuf> = Vec::new();
-    let mut empty = None;
+    // The socket directories, then the top-level directories (real paths
+    // already: the listing of `/` told them from symlinks; none in /proc);
+    // what lies inside one listed before is hidden with it.
+    let mut hide: Vec<PathBuf> = Vec::new();
     for d in p.mask_dirs {
         let real = real_path(d);
         if !proc && (in_proc(d) || real.as_deref().is_some_and(in_proc)) {
@@ -359,25 +361,18 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         let Some(real) = real else {
             continue;
         };
-        if in_proc(&real) != proc || seen.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
+        if in_proc(&real) != proc || hide.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
             continue;
         }
-        overmount_tmpfs(
-            &real,
-            keep,
-            hard | MsFlags::MS_NOEXEC,
-            "mode=755",
-            true,
-            Some(&mut empty),
-        )?;
-        seen.push(real);
+        hide.push(real);
     }
-    // The top-level directories: real paths already (the listing of `/`
-    // told them from symlinks), none in /proc.
     for d in &unreached.dirs {
-        if seen.iter().any(|s| d.starts_with(s)) {
-            continue;
+        if !hide.iter().any(|s| d.starts_with(s)) {
+            hide.push(d.clone());
         }
+    }
+    let mut empty = None;
+    for d in &hide {
         overmount_tmpfs(
             d,
             keep,
