@@ -61,6 +61,10 @@ pub fn explain(p: &Profile) -> String {
     };
     let _ = writeln!(o, "can read: {}", list(&strs(&p.fs.read)));
     let _ = writeln!(o, "can write: {}", list(&strs(&p.fs.write)));
+    let _ = writeln!(
+        o,
+        "its own, with namespaces: /tmp ({{tmp}}) and /dev/shm, in memory, each holding at most the memory limit, gone with the task (without namespaces {{tmp}} is a private directory and /dev/shm is refused)"
+    );
     let _ = writeln!(o, "can never read or write: {}", list(&strs(&p.fs.deny)));
     // Landlock carves a deny path out of a writable tree (without
     // namespaces always, with them where it is not there to mask; never

@@ -674,6 +674,41 @@ fn namespaces_hide_host_processes_tmp_and_sockets() {
 }
 
 #[test]
+fn dev_shm_is_the_tasks_own_with_namespaces_and_refused_without() {
+    // POSIX semaphores live in /dev/shm: Python's multiprocessing locks need
+    // it. With namespaces it is the task's own tmpfs; without, the host's.
+    each(|t| {
+        let name = format!("taskbox-it-shm-{}", std::process::id());
+        let py = format!(
+            "import multiprocessing as mp\ntry:\n    mp.Lock(); print('LOCK-OK')\nexcept OSError as e: print('lock', e.errno)\ntry:\n    open('/dev/shm/{name}', 'w').write('x'); print('WROTE')\nexcept OSError as e: print('write', e.errno)\n"
+        );
+        let r = t.taskbox(&["run", "--", "/usr/bin/python3", "-c", &py]);
+        r.code(0);
+        let host = std::path::Path::new("/dev/shm").join(&name);
+        let leaked = host.exists();
+        let _ = std::fs::remove_file(&host);
+        assert!(
+            !leaked,
+            "{:?}: the write reached the host's /dev/shm",
+            t.mode
+        );
+        if t.has_ns() {
+            assert!(
+                r.stdout.contains("LOCK-OK") && r.stdout.contains("WROTE"),
+                "{:?}: {r:?}",
+                t.mode
+            );
+        } else {
+            assert!(
+                r.stdout.contains(&format!("write {}", libc::EACCES)),
+                "{:?}: {r:?}",
+                t.mode
+            );
+        }
+    });
+}
+
+#[test]
 fn host_unix_socket_under_run_is_unreachable() {
     // A pathname socket in a directory the profile masks (XDG_RUNTIME_DIR).
     for m in [Mode::Root, Mode::User] {

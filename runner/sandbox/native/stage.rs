@@ -1095,6 +1095,13 @@ fn landlock_inputs(
         .map(|p| (retmp(p), Grant::Read))
         .collect();
     roots.extend(spec.fs.write.iter().map(|p| (retmp(p), Grant::Write)));
+    // With namespaces `/dev/shm` is the task's own fresh tmpfs, like its
+    // `/tmp` (capped at its memory limit, gone with it), and POSIX
+    // semaphores and shared memory live there: Python's multiprocessing
+    // locks and Chromium need it. Without, it would be the host's.
+    if isolation == Isolation::Namespaces {
+        roots.push((PathBuf::from("/dev/shm"), Grant::Write));
+    }
     // With namespaces the mount view masks the deny paths (read-only
     // mode-000 mounts the task can neither remove nor chmod) and binds the
     // protected ones read-only; without, Landlock alone holds them, carved
