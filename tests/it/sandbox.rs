@@ -583,11 +583,16 @@ try:
     fcntl.ioctl(0, termios.TIOCSTI, b'x'); print('TIOCSTI ALLOWED')
 except OSError as e: print('TIOCSTI', errno.errorcode[e.errno])
 try:
+    fcntl.ioctl(0, termios.TIOCSETD, b'\0\0\0\0'); print('TIOCSETD ALLOWED')
+except OSError as e: print('TIOCSETD', errno.errorcode[e.errno])
+try:
     socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); print('netlink ALLOWED')
 except OSError as e: print('netlink', errno.errorcode[e.errno])
 "#;
         let r = t.taskbox(&["run", "--json", "--", "/usr/bin/python3", "-u", "-c", py]);
         assert!(r.stdout.contains("TIOCSTI EPERM"), "{r:?}");
+        // (On /dev/null the kernel itself would say ENOTTY.)
+        assert!(r.stdout.contains("TIOCSETD EPERM"), "{r:?}");
         assert!(r.stdout.contains("netlink EPERM"), "{r:?}");
     });
 }

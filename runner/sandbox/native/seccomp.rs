@@ -136,6 +136,7 @@ const DENY_SHARED_IPC: &[(&str, i64)] = &[
 
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
+const TIOCSETD: u64 = 0x5423;
 const PER_LINUX: u64 = 0;
 const PERSONALITY_QUERY: u64 = 0xffff_ffff;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -227,12 +228,16 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, NativeE
 /// namespaces through clone.
 fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, NativeError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    // Terminal injection: push input into the caller's terminal.
+    // Terminal injection: push input into the caller's terminal; and a
+    // line discipline swapped under it (TIOCSETD needs no capability for
+    // one the kernel has loaded: the caller's terminal broken, and the
+    // ldisc code, a known source of kernel bugs, in reach).
     rules.insert(
         libc::SYS_ioctl,
         vec![
             SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, TIOCSTI)?]).map_err(seccomp_err)?,
             SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, TIOCLINUX)?]).map_err(seccomp_err)?,
+            SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, TIOCSETD)?]).map_err(seccomp_err)?,
         ],
     );
     // Personality changes (e.g. ADDR_NO_RANDOMIZE); querying stays allowed.
@@ -456,6 +461,10 @@ mod tests {
         );
         assert_eq!(
             verdict(false, libc::SYS_ioctl, [1, TIOCLINUX, 0, 0, 0, 0]),
+            EPERM
+        );
+        assert_eq!(
+            verdict(false, libc::SYS_ioctl, [1, TIOCSETD, 0, 0, 0, 0]),
             EPERM
         );
         assert_eq!(
