@@ -377,9 +377,7 @@ impl Writable {
     }
 
     fn covers(&self, p: &Path) -> bool {
-        self.roots
-            .iter()
-            .any(|r| bytes(r) == bytes(p) || strictly_below(p, r))
+        self.roots.iter().any(|r| within(p, r))
     }
 
     /// Whether the task could make `path` (absent) appear: it lies in a
@@ -439,10 +437,17 @@ fn bytes(p: &Path) -> &[u8] {
     std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())
 }
 
-/// Whether `inner` lies strictly below `outer` (both normal).
+/// Whether `inner` lies strictly below `outer` (both normal), compared as
+/// bytes: `Path::starts_with` parses both into components on every call.
 fn strictly_below(inner: &Path, outer: &Path) -> bool {
     let (i, o) = (bytes(inner), bytes(outer));
     i.len() > o.len() && i.starts_with(o) && (o.ends_with(b"/") || i[o.len()] == b'/')
+}
+
+/// Whether `inner` is `outer` or lies below it (both normal: absolute,
+/// no `.`, `..`, doubled or trailing `/`, as profile paths are resolved).
+pub(super) fn within(inner: &Path, outer: &Path) -> bool {
+    bytes(inner) == bytes(outer) || strictly_below(inner, outer)
 }
 
 fn carve_one(
@@ -824,6 +829,17 @@ mod tests {
         assert!(strictly_below(Path::new("/x"), Path::new("/")));
         assert!(!strictly_below(Path::new("/"), Path::new("/")));
         assert!(!strictly_below(Path::new("/ab"), Path::new("/a")));
+        let p = Path::new;
+        for (a, b) in [
+            ("/var/tmp", "/var"),
+            ("/var", "/var"),
+            ("/variable", "/var"),
+            ("/var", "/var/tmp"),
+            ("/x", "/"),
+            ("/", "/"),
+        ] {
+            assert_eq!(within(p(a), p(b)), p(a).starts_with(b), "{a} within {b}");
+        }
     }
 
     #[test]

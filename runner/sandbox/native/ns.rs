@@ -12,6 +12,7 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
 use super::NativeError;
+use super::landlock::within;
 
 /// Namespaces the stage enters, by name, for the enforcement report.
 pub const NAMESPACES: [&str; 6] = ["user", "mount", "pid", "net", "ipc", "uts"];
@@ -114,12 +115,12 @@ fn overmount_tmpfs(
     // (the bind is recursive).
     let mut inside: Vec<&PathBuf> = keep
         .iter()
-        .filter(|k| under(k, target) && k.as_os_str() != target.as_os_str())
+        .filter(|k| within(k, target) && k.as_os_str() != target.as_os_str())
         .collect();
     inside.sort_by_key(|k| k.components().count());
     let mut held: Vec<(PathBuf, std::os::fd::OwnedFd)> = Vec::new();
     for k in inside {
-        if held.iter().any(|(h, _)| under(k, h)) {
+        if held.iter().any(|(h, _)| within(k, h)) {
             continue;
         }
         if let Some(fd) = open_path(k) {
@@ -367,7 +368,7 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         hide.push(real);
     }
     for d in &unreached.dirs {
-        if !hide.iter().any(|s| under(d, s)) {
+        if !hide.iter().any(|s| within(d, s)) {
             hide.push(d.clone());
         }
     }
@@ -582,7 +583,7 @@ fn hide_of(tops: &[(PathBuf, Top)], keep: &[PathBuf], workspace: &Path) -> Unrea
         // Through at most 8 top-level links, as the kernel follows 40.
         let mut cur = k;
         for _ in 0..8 {
-            let Some((link, to)) = links.iter().find(|(l, _)| under(&cur, l)) else {
+            let Some((link, to)) = links.iter().find(|(l, _)| within(&cur, l)) else {
                 break;
             };
             let rest = cur.strip_prefix(link).unwrap_or(Path::new(""));
@@ -590,23 +591,12 @@ fn hide_of(tops: &[(PathBuf, Top)], keep: &[PathBuf], workspace: &Path) -> Unrea
             kept.push(cur.clone());
         }
     }
-    dirs.retain(|d| !kept.iter().any(|k| under(d, k)));
+    dirs.retain(|d| !kept.iter().any(|k| within(d, k)));
     Unreached {
         dirs,
         sockets,
         keep: kept,
     }
-}
-
-/// Whether `p` is `dir` or lies beneath it, compared as bytes: `Path`'s
-/// `starts_with` parses both into components, and the view asks this of
-/// every granted tree for every top-level directory (some 300 pairs).
-/// Both are absolute and free of `.`, `..` and doubled or trailing `/`
-/// (the profile's paths are resolved so), as the lexical forms here are.
-fn under(p: &Path, dir: &Path) -> bool {
-    let (p, d) = (p.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
-    let d = d.strip_suffix(b"/").unwrap_or(d);
-    p.starts_with(d) && (p.len() == d.len() || p[d.len()] == b'/')
 }
 
 /// `p` with `.` and `..` taken out by its spelling alone (a top-level
@@ -884,22 +874,6 @@ fn open_path(p: &Path) -> Option<std::os::fd::OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn under_is_starts_with_on_clean_paths() {
-        let p = Path::new;
-        for (a, b) in [
-            ("/var/tmp", "/var"),
-            ("/var", "/var"),
-            ("/variable", "/var"),
-            ("/var", "/var/tmp"),
-            ("/x", "/"),
-            ("/", "/"),
-            ("/home/u/.cargo", "/home/u"),
-        ] {
-            assert_eq!(under(p(a), p(b)), p(a).starts_with(b), "{a} under {b}");
-        }
-    }
 
     #[test]
     fn top_level_directories_without_a_whole_grant_are_hidden() {
