@@ -439,7 +439,7 @@ fn bytes(p: &Path) -> &[u8] {
 
 /// Whether `inner` lies strictly below `outer` (both normal), compared as
 /// bytes: `Path::starts_with` parses both into components on every call.
-fn strictly_below(inner: &Path, outer: &Path) -> bool {
+pub(super) fn strictly_below(inner: &Path, outer: &Path) -> bool {
     let (i, o) = (bytes(inner), bytes(outer));
     i.len() > o.len() && i.starts_with(o) && (o.ends_with(b"/") || i[o.len()] == b'/')
 }

@@ -213,7 +213,7 @@ pub struct Deferred {
 /// Whether `path` lies in /proc, which [`finish_view`] mounts afresh: a
 /// mount made beneath /proc before that would be hidden under it.
 fn in_proc(path: &Path) -> bool {
-    path.starts_with("/proc")
+    within(path, Path::new("/proc"))
 }
 
 /// Everything of the view but the fresh /proc and what lies beneath it.
@@ -362,7 +362,7 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
         let Some(real) = real else {
             continue;
         };
-        if in_proc(&real) != proc || hide.iter().any(|s| real.starts_with(s)) || !real.is_dir() {
+        if in_proc(&real) != proc || hide.iter().any(|s| within(&real, s)) || !real.is_dir() {
             continue;
         }
         hide.push(real);
@@ -414,7 +414,7 @@ fn mask(p: &MountPlan<'_>, proc: bool, later: &mut Deferred) -> Result<(), Nativ
             }
             continue;
         }
-        if masked.iter().any(|m| target.starts_with(m)) {
+        if masked.iter().any(|m| within(&target, m)) {
             continue;
         }
         if meta.is_dir() || target.is_dir() {

@@ -1084,9 +1084,15 @@ fn landlock_inputs(
     // and literal /tmp paths are the task's own directory on the host, never
     // the shared /tmp; other paths that lie in /tmp (a workspace checked out
     // there) are granted as they are.
-    let retmp = |p: &PathBuf| match (isolation, p.strip_prefix("/tmp")) {
-        (Isolation::LandlockOnly, Ok(rest)) if spec.fs.tmp.contains(p) => tmp.join(rest),
-        _ => p.clone(),
+    let retmp = |p: &PathBuf| {
+        if isolation == Isolation::LandlockOnly
+            && let Ok(rest) = p.strip_prefix("/tmp")
+            && spec.fs.tmp.contains(p)
+        {
+            tmp.join(rest)
+        } else {
+            p.clone()
+        }
     };
     let mut roots: Vec<(PathBuf, Grant)> = spec
         .fs
@@ -1124,12 +1130,12 @@ fn landlock_inputs(
                 .into_iter()
                 .chain([Path::new("/tmp"), Path::new("/dev/shm")])
                 .any(|t| {
-                    p.starts_with(t)
+                    ll::within(p, t)
                         && !spec
                             .fs
                             .write
                             .iter()
-                            .any(|w| w.starts_with(t) && w != t && p.starts_with(w))
+                            .any(|w| ll::strictly_below(w, t) && ll::within(p, w))
                 })
     };
     let mut holes: Vec<Hole> = hidden
