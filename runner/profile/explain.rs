@@ -61,6 +61,13 @@ pub fn explain(p: &Profile) -> String {
     };
     let _ = writeln!(o, "can read: {}", list(&strs(&p.fs.read)));
     let _ = writeln!(o, "can write: {}", list(&strs(&p.fs.write)));
+    if !p.fs.scratch.is_empty() {
+        let _ = writeln!(
+            o,
+            "scratch, its own and thrown away (the host's are neither read nor written; with namespaces only): {}",
+            list(&strs(&p.fs.scratch))
+        );
+    }
     let _ = writeln!(
         o,
         "its own, with namespaces: /tmp ({{tmp}}) and /dev/shm, in memory, each holding at most the memory limit, gone with the task (without namespaces {{tmp}} is a private directory and /dev/shm is refused)"
@@ -240,6 +247,11 @@ fn one_way(o: &mut String, a: &Profile, b: &Profile) {
     for u in &a.fs.unprotect {
         if !b.fs.unprotect.contains(u) {
             line(format!("writing protected {}", u.as_str()));
+        }
+    }
+    for s in &a.fs.scratch {
+        if !b.fs.scratch.contains(s) {
+            line(format!("a scratch tree of its own at {}", s.as_str()));
         }
     }
     if a.workspace > b.workspace {

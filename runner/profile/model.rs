@@ -220,6 +220,8 @@ pub struct FsPolicy {
     pub deny: Vec<PathTemplate>,
     /// Protected paths this profile lets the task write.
     pub unprotect: Vec<PathTemplate>,
+    /// The task's own throwaway trees over host directories.
+    pub scratch: Vec<PathTemplate>,
 }
 
 /// `[network]`, merged.
@@ -568,6 +570,7 @@ impl Profile {
                 && fs.write.is_none()
                 && fs.deny.is_none()
                 && fs.unprotect.is_none()
+                && fs.scratch.is_none()
             {
                 return Err(empty_section(src, "filesystem", span));
             }
@@ -575,6 +578,7 @@ impl Profile {
             // are dropped: each is checked against the denies below.
             let read = paths(src, "filesystem.read", fs.read)?;
             let write = paths(src, "filesystem.write", fs.write)?;
+            let scratch = paths(src, "filesystem.scratch", fs.scratch)?;
             let asked: Vec<(&str, PathTemplate, Range<usize>)> = read
                 .iter()
                 .map(|p| ("filesystem.read", p.0.clone(), p.1.clone()))
@@ -583,7 +587,18 @@ impl Profile {
                         .iter()
                         .map(|p| ("filesystem.write", p.0.clone(), p.1.clone())),
                 )
+                .chain(
+                    scratch
+                        .iter()
+                        .map(|p| ("filesystem.scratch", p.0.clone(), p.1.clone())),
+                )
                 .collect();
+            // A scratch tree reaches nothing of the host's: no widening.
+            for p in scratch {
+                if !self.fs.scratch.contains(&p.0) {
+                    self.fs.scratch.push(p.0);
+                }
+            }
             for p in read {
                 if !self
                     .fs

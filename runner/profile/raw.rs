@@ -109,6 +109,11 @@ pub struct FilesystemToml {
     /// Protected paths (e.g. `.git/hooks`) this profile lets the task write.
     #[schemars(with = "Option<Vec<String>>")]
     pub unprotect: Option<PathList>,
+    /// Scratch trees: writable, but the task's own, empty at its start and
+    /// thrown away after it (an in-memory tmpfs over the host's directory,
+    /// which stays untouched and unread); they need namespaces.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub scratch: Option<PathList>,
 }
 
 /// `[network] mode = ...`

@@ -39,6 +39,10 @@ pub struct FsSpec {
     pub deny: Vec<PathBuf>,
     /// Inside writable trees, but read-only.
     pub protect: Vec<PathBuf>,
+    /// Scratch trees: with namespaces, an empty tmpfs of the task's over
+    /// each (existing) host directory; without, not granted at all.
+    #[serde(default)]
+    pub scratch: Vec<PathBuf>,
     /// The `read`/`write` entries that name the task's own /tmp (`{tmp}`,
     /// or a literal path in /tmp): without a mount namespace they become
     /// the task's private directory on the host. Other paths that merely
@@ -188,6 +192,13 @@ impl Profile {
                 write,
                 deny: fs.deny.iter().map(|p| p.resolve(vars)).collect(),
                 protect,
+                // A tree the profile also grants as the host's is the host's.
+                scratch: fs
+                    .scratch
+                    .iter()
+                    .filter(|s| !fs.write.iter().any(|w| w.covers(s)))
+                    .map(|p| p.resolve(vars))
+                    .collect(),
                 tmp: fs
                     .read
                     .iter()

@@ -249,7 +249,7 @@ fn diff_shows_what_each_grants() {
         &cat.load("explore", None).unwrap(),
     );
     assert!(
-        d.contains("explore grants, readonly does not: write {home}/.cache"),
+        d.contains("explore grants, readonly does not: a scratch tree of its own at {home}/.cache"),
         "{d}"
     );
     assert!(
@@ -275,9 +275,41 @@ fn resolve_substitutes_and_scrubs_env() {
         ],
     );
     assert!(s.fs.deny.contains(&"/h/.ssh".into()));
-    assert!(s.fs.write.contains(&"/w".into()) && s.fs.write.contains(&"/h/.cache".into()));
+    assert!(s.fs.write.contains(&"/w".into()) && !s.fs.write.contains(&"/h/.cache".into()));
+    assert_eq!(s.fs.scratch, vec![std::path::PathBuf::from("/h/.cache")]);
     assert!(s.fs.protect.contains(&"/w/.git/hooks".into()));
     assert_eq!(s.env.vars, vec![("PATH".to_owned(), "/bin".to_owned())]);
+}
+
+#[test]
+fn a_scratch_tree_granted_as_the_hosts_is_the_hosts_and_that_widens() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "extends = \"explore\"\n[filesystem]\nwrite = [\"{home}/.cache\"]\nscratch = [\"{home}/.local/share/x\"]\n",
+    )
+    .unwrap();
+    let p = Catalog::new(None).load(f.to_str().unwrap(), None).unwrap();
+    let vars = PathVars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/tmp".into(),
+    };
+    let s = p.resolve(&vars, &[]);
+    assert!(s.fs.write.contains(&"/h/.cache".into()));
+    assert_eq!(
+        s.fs.scratch,
+        vec![std::path::PathBuf::from("/h/.local/share/x")]
+    );
+    let e = explain(&p);
+    assert!(e.contains("[WIDENS]") && e.contains("{home}/.cache"), "{e}");
+    // A scratch tree under a deny would give nothing either.
+    let e = err("[filesystem]\nscratch = [\"{home}/.ssh/x\"]\n");
+    assert!(
+        e.contains("filesystem.scratch") && e.contains("lies under the deny"),
+        "{e}"
+    );
 }
 
 #[test]

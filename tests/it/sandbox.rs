@@ -714,6 +714,56 @@ fn dev_shm_is_the_tasks_own_with_namespaces_and_refused_without() {
 }
 
 #[test]
+fn a_scratch_tree_is_the_tasks_own_and_leaves_the_hosts_untouched() {
+    // explore's ~/.cache: a cache the task could write is code the host
+    // runs later (a pre-commit hook), so the task gets an empty one of its
+    // own; without namespaces, none it can write.
+    each(|t| {
+        let cache = t.home.join(".cache");
+        std::fs::create_dir_all(cache.join("pre-commit")).unwrap();
+        std::fs::write(cache.join("pre-commit/hook"), "HOST-CACHE\n").unwrap();
+        t.own(&cache);
+        let profile = t.profile(
+            "scratch",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\nscratch = [\"{{home}}/.cache\"]\n",
+                t.base()
+            ),
+        );
+        let c = cache.display();
+        let r = t.sh(
+            &profile,
+            &format!("cat {c}/pre-commit/hook; mkdir -p {c}/pre-commit && echo TASK > {c}/pre-commit/hook && cat {c}/pre-commit/hook; echo end"),
+        );
+        r.code(0);
+        assert!(
+            !r.stdout.contains("HOST-CACHE"),
+            "{:?}: the host's cache was read: {r:?}",
+            t.mode
+        );
+        assert_eq!(
+            std::fs::read_to_string(cache.join("pre-commit/hook")).unwrap(),
+            "HOST-CACHE\n",
+            "{:?}: the host's cache was written",
+            t.mode
+        );
+        assert_eq!(
+            std::fs::read_dir(cache.join("pre-commit")).unwrap().count(),
+            1,
+            "{:?}",
+            t.mode
+        );
+        if t.has_ns() {
+            assert!(r.stdout.contains("TASK\n"), "{:?}: {r:?}", t.mode);
+        } else {
+            assert!(!r.stdout.contains("TASK\n"), "{r:?}");
+            let notes = r.json()["outcome"]["enforcement"]["notes"].to_string();
+            assert!(notes.contains("scratch trees are not writable"), "{r:?}");
+        }
+    });
+}
+
+#[test]
 fn host_unix_socket_under_run_is_unreachable() {
     // A pathname socket in a directory the profile masks (XDG_RUNTIME_DIR).
     for m in [Mode::Root, Mode::User] {

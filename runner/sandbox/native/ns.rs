@@ -92,6 +92,9 @@ pub struct MountPlan<'a> {
     /// profile's `memory`): a tmpfs is RAM that no rlimit counts, and its
     /// default is half the host's.
     pub tmp_size: Option<u64>,
+    /// Scratch trees: an empty tmpfs of the task's over each (see
+    /// `FsSpec::scratch`), capped like `/tmp`.
+    pub scratch: &'a [PathBuf],
 }
 
 /// Mounts a fresh tmpfs on `target`, carrying over the granted trees beneath it
@@ -309,6 +312,17 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
         ..*p
     };
     mask(&p, false, &mut later)?;
+    // Last, over what the hiding bound back (a scratch tree is kept like a
+    // granted one, so its directory is there) and any mask inside it.
+    let data = match p.tmp_size {
+        Some(n) => format!("mode=700,size={n}"),
+        None => "mode=700".to_owned(),
+    };
+    for s in p.scratch {
+        if !in_proc(s) && s.is_dir() {
+            mnt(Some("tmpfs"), s, Some("tmpfs"), hard, Some(&data))?;
+        }
+    }
     Ok(later)
 }
 

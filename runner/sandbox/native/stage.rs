@@ -1105,8 +1105,11 @@ fn landlock_inputs(
     // `/tmp` (capped at its memory limit, gone with it), and POSIX
     // semaphores and shared memory live there: Python's multiprocessing
     // locks and Chromium need it. Without, it would be the host's.
+    // Scratch trees likewise (an empty tmpfs over each); without
+    // namespaces they are not granted at all.
     if isolation == Isolation::Namespaces {
         roots.push((PathBuf::from("/dev/shm"), Grant::Write));
+        roots.extend(spec.fs.scratch.iter().map(|s| (s.clone(), Grant::Write)));
     }
     // With namespaces the mount view masks the deny paths (read-only
     // mode-000 mounts the task can neither remove nor chmod) and binds the
@@ -1129,6 +1132,7 @@ fn landlock_inputs(
             && overlay
                 .into_iter()
                 .chain([Path::new("/tmp"), Path::new("/dev/shm")])
+                .chain(spec.fs.scratch.iter().map(PathBuf::as_path))
                 .any(|t| {
                     ll::within(p, t)
                         && !spec
@@ -1165,7 +1169,14 @@ impl Prepared {
         let spec = &plan.spec;
         let mut hidden = survey.hidden(&spec.fs.deny, plan.uid);
         hidden.extend(plan.hide.iter().cloned());
-        let keep = spec.fs.read.iter().chain(&spec.fs.write).cloned().collect();
+        let keep = spec
+            .fs
+            .read
+            .iter()
+            .chain(&spec.fs.write)
+            .chain(&spec.fs.scratch)
+            .cloned()
+            .collect();
         let mut inherited = Vec::new();
         for f in &plan.inherit {
             let file = setup(
@@ -1214,6 +1225,7 @@ fn mount_plan<'a>(
             .map(|o| (o.upper.as_path(), o.work.as_path())),
         tops,
         tmp_size: spec.limits.memory,
+        scratch: &spec.fs.scratch,
     }
 }
 
@@ -1313,6 +1325,18 @@ fn init(
     if isolation == Isolation::LandlockOnly {
         notes.push("without a mount namespace, unix sockets are refused (socket(AF_UNIX) fails; socketpair works): Landlock cannot keep the host's sockets out of reach".into());
         notes.push("without an IPC namespace, System V shared memory, message queues and semaphores are refused: they would be the host's".into());
+        if !spec.fs.scratch.is_empty() {
+            let list: Vec<String> = spec
+                .fs
+                .scratch
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            notes.push(format!(
+                "without a mount namespace, the scratch trees are not writable (they would be the host's): {}",
+                list.join(", ")
+            ));
+        }
     }
     mark("prepared");
     let mut fds: Vec<(String, String)> = inherited
