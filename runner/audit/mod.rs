@@ -98,6 +98,9 @@ pub enum AuditEvent {
         branch: Option<String>,
         /// Number of changes.
         changes: usize,
+        /// Changes under `.git` (the task's own git state) left out.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        git_internal: usize,
     },
     /// A promoted task was undone.
     Reverted {
@@ -216,6 +219,15 @@ pub enum AuditEvent {
         /// Bytes removed from the end of the log.
         dropped_bytes: u64,
     },
+}
+
+/// For `skip_serializing_if`: a count of zero is left out of the record.
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde passes fields by reference"
+)]
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl AuditEvent {

@@ -211,7 +211,14 @@ impl TaskCmd {
                     commit: p.commit.clone(),
                     branch: p.branch.clone(),
                     changes: p.changes,
+                    git_internal: p.git_internal,
                 })?;
+                if p.git_internal > 0 {
+                    eprintln!(
+                        "taskbox: {} changes under .git were not promoted: the task's own git state (objects, refs, index, commits it made); the work tree's changes are in the commit",
+                        p.git_internal
+                    );
+                }
                 match &p.commit {
                     Some(c) => println!(
                         "promoted {}: {} changes, commit {c} on {}",

@@ -48,6 +48,11 @@ pub fn render_diff(
                 out,
                 "# PROTECTED: {name} (promote refuses it without --allow-protected)"
             );
+        } else if super::promote::git_internal(c) {
+            let _ = writeln!(
+                out,
+                "# GIT STATE: {name} is the task's own git state (promote leaves it out)"
+            );
         }
         if let Some((_, grants)) = withheld.iter().find(|(p, _)| *p == c.path) {
             let _ = writeln!(
@@ -142,6 +147,8 @@ pub fn render_stat(cs: &Changeset, upper: &Path, lower: &Path, protect: &[&str])
         let name = display_path(&c.path);
         let flag = if protected(&c.path, protect) {
             " [PROTECTED]"
+        } else if super::promote::git_internal(c) {
+            " [GIT STATE, not promoted]"
         } else {
             ""
         };

@@ -11,7 +11,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::changeset::{ChangeKind, Changeset, EntryType};
+use super::changeset::{Change, ChangeKind, Changeset, EntryType};
 use super::display_path;
 
 /// Why a promote or revert was refused or failed.
@@ -229,6 +229,10 @@ pub struct Promoted {
     pub branch: Option<String>,
     /// Number of changes applied.
     pub changes: usize,
+    /// Changes under `.git` left out: the task's own git state (its
+    /// objects, refs, index, a commit it made), which the human's commit
+    /// of the work tree's changes replaces.
+    pub git_internal: usize,
 }
 
 fn journal_path(task_dir: &Path) -> PathBuf {
@@ -324,12 +328,33 @@ pub fn promote(
     if let Ok(bytes) = std::fs::read(journal_path(spec.task_dir))
         && let Ok(j) = serde_json::from_slice::<Journal>(&bytes)
     {
-        return finish(spec, j, cs.changes.len());
+        return finish(spec, j, cs.changes.len(), 0);
     }
     let ws = spec.workspace;
+    // The repository's own state is never the task's to change: an agent
+    // that ran `git commit` in the overlay left objects, refs and an index
+    // there, which git refuses to take as work-tree paths (and a
+    // `.git/modules/*/config` could set a submodule's fsmonitor). Only the
+    // protected `.git/hooks` and `.git/config`, with the human's flag, are
+    // applied, as files; none of it goes into the commit.
+    let (cs_all, cs) = (
+        cs,
+        &Changeset {
+            changes: cs
+                .changes
+                .iter()
+                .filter(|c| !git_internal(c))
+                .cloned()
+                .collect(),
+        },
+    );
+    let git_internal_count = cs_all.changes.len() - cs.changes.len();
     let mut conflicts = Vec::new();
     for (p, fp) in &base.entries {
         let rel = unhex(p);
+        if in_git_dir(&rel) {
+            continue;
+        }
         if fingerprint(&ws.join(&rel)) != *fp {
             conflicts.push(display_path(&rel));
         }
@@ -340,7 +365,7 @@ pub fn promote(
     // A deny path not there at launch could be made in the overlay (a
     // mask needs something to mount over); it never reaches the workspace.
     let deny = Denied::of(spec.denied);
-    let denied: Vec<String> = cs
+    let denied: Vec<String> = cs_all
         .changes
         .iter()
         .filter(|c| {
@@ -357,16 +382,28 @@ pub fn promote(
     if !denied.is_empty() {
         return Err(PromoteError::Denied { paths: denied });
     }
-    let protected: Vec<String> = cs
+    let is_protected = |c: &&Change| spec.protect.iter().any(|p| c.path.starts_with(p));
+    let protected: Vec<String> = cs_all
         .changes
         .iter()
-        .filter(|c| spec.protect.iter().any(|p| c.path.starts_with(p)))
+        .filter(is_protected)
         .map(|c| display_path(&c.path))
         .collect();
     if !protected.is_empty() && !spec.allow_protected {
         return Err(PromoteError::Protected { paths: protected });
     }
-    for c in &cs.changes {
+    // What lands in the work tree: the changes, plus the protected git
+    // files the human allowed (applied as files, outside the commit).
+    let files = Changeset {
+        changes: cs_all
+            .changes
+            .iter()
+            .filter(|c| !git_internal(c) || (spec.allow_protected && is_protected(c)))
+            .cloned()
+            .collect(),
+    };
+    let git_internal_count = git_internal_count - (files.changes.len() - cs.changes.len());
+    for c in &files.changes {
         check_inside(ws, &c.path)?;
         if let ChangeKind::Renamed { from } = &c.kind {
             check_inside(ws, from)?;
@@ -393,9 +430,9 @@ pub fn promote(
             done: false,
         };
         save_journal(spec.task_dir, &j)?;
-        return finish(spec, j, cs.changes.len());
+        return finish(spec, j, cs.changes.len(), git_internal_count);
     }
-    let (steps, reverse) = stage(spec, cs)?;
+    let (steps, reverse) = stage(spec, &files)?;
     let mut index_paths: Vec<String> = Vec::new();
     if commit.is_some() {
         for c in &cs.changes {
@@ -413,7 +450,19 @@ pub fn promote(
         done: false,
     };
     save_journal(spec.task_dir, &j)?;
-    finish(spec, j, cs.changes.len())
+    finish(spec, j, files.changes.len(), git_internal_count)
+}
+
+/// Whether `rel` is the workspace's `.git` (a directory, or the file of a
+/// worktree or submodule) or lies in it.
+fn in_git_dir(rel: &Path) -> bool {
+    rel.components().next() == Some(Component::Normal(std::ffi::OsStr::new(".git")))
+}
+
+/// Whether a change touches the repository's own state (either end of a
+/// rename counts).
+pub(crate) fn git_internal(c: &Change) -> bool {
+    in_git_dir(&c.path) || matches!(&c.kind, ChangeKind::Renamed { from } if in_git_dir(from))
 }
 
 /// Copies new content into a staging directory inside the workspace (same
@@ -557,6 +606,7 @@ fn finish(
     spec: &PromoteSpec<'_>,
     mut j: Journal,
     changes: usize,
+    git_internal: usize,
 ) -> Result<Promoted, PromoteError> {
     if !j.done {
         run_steps(&j.steps)?;
@@ -587,6 +637,7 @@ fn finish(
             .as_ref()
             .map(|c| c.0.trim_start_matches("refs/heads/").to_owned()),
         changes,
+        git_internal,
     })
 }
 

@@ -267,6 +267,55 @@ fn promote_refuses_a_deny_path_the_task_made_in_the_overlay() {
 }
 
 #[test]
+fn a_task_that_ran_git_commit_promotes_as_one_commit_and_no_git_state() {
+    // Agents commit as they go. The task's objects, refs and index are its
+    // own; a `.git/modules/*/config` it wrote (a submodule's fsmonitor runs
+    // on the human's next `git status` there) must not land either.
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        repo(&t);
+        std::fs::create_dir_all(t.ws.join(".git/modules/sub")).unwrap();
+        std::fs::write(t.ws.join(".git/modules/sub/config"), "[core]\n").unwrap();
+        t.own(&t.ws);
+        let before = git(&t, &["rev-parse", "HEAD"]);
+        let r = t.sh(
+            "explore",
+            "echo new > agent.txt && git add agent.txt && git -c user.name=A -c user.email=a@x -c safe.directory='*' commit -qm 'agent commit' && printf '\\tfsmonitor = touch /tmp/pwned\\n' >> .git/modules/sub/config && echo committed",
+        );
+        assert!(r.stdout.contains("committed"), "{m:?}: {r:?}");
+        let id = r.json()["task"].as_str().unwrap().to_owned();
+        let stat = t.taskbox(&["task", "diff", &id, "--stat"]);
+        assert!(
+            stat.stdout.contains("[GIT STATE, not promoted]"),
+            "{}",
+            stat.stdout
+        );
+        let p = human(&t, &["task", "promote", &id]);
+        p.code(0);
+        assert!(p.stderr.contains("under .git were not promoted"), "{p:?}");
+        assert_eq!(
+            git(&t, &["rev-parse", "HEAD~1"]),
+            before,
+            "{m:?}: not one commit"
+        );
+        assert!(
+            git(&t, &["log", "-1", "--format=%B"]).contains("Taskbox-Task: "),
+            "{m:?}: the commit is the human's promote, not the agent's"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join("agent.txt")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.ws.join(".git/modules/sub/config")).unwrap(),
+            "[core]\n",
+            "{m:?}: the task's git state was promoted"
+        );
+        assert_eq!(git(&t, &["status", "--porcelain"]), "", "{m:?}");
+    }
+}
+
+#[test]
 fn promote_refuses_conflicts_protected_paths_and_symlinked_parents() {
     let t = TestBox::new(Mode::Root);
     repo(&t);
