@@ -101,6 +101,9 @@ pub enum AuditEvent {
         /// Changes under `.git` (the task's own git state) left out.
         #[serde(default, skip_serializing_if = "is_zero")]
         git_internal: usize,
+        /// Fifos, sockets and devices the task made, left out.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        special: usize,
     },
     /// A promoted task was undone.
     Reverted {

@@ -212,7 +212,14 @@ impl TaskCmd {
                     branch: p.branch.clone(),
                     changes: p.changes,
                     git_internal: p.git_internal,
+                    special: p.special,
                 })?;
+                if p.special > 0 {
+                    eprintln!(
+                        "taskbox: {} fifos, sockets or devices the task made or removed were not promoted (see `taskbox task diff {} --stat`)",
+                        p.special, r.id
+                    );
+                }
                 if p.git_internal > 0 {
                     eprintln!(
                         "taskbox: {} changes under .git were not promoted: the task's own git state (objects, refs, index, commits it made); the work tree's changes are in the commit",

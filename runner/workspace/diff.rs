@@ -149,6 +149,8 @@ pub fn render_stat(cs: &Changeset, upper: &Path, lower: &Path, protect: &[&str])
             " [PROTECTED]"
         } else if super::promote::git_internal(c) {
             " [GIT STATE, not promoted]"
+        } else if c.entry == EntryType::Other {
+            " [SPECIAL FILE, not promoted]"
         } else {
             ""
         };

@@ -94,6 +94,10 @@ fn fingerprint(p: &Path) -> Option<String> {
         ))
     } else if m.is_dir() {
         Some("dir".into())
+    } else if !m.is_file() {
+        // A fifo, socket or device: by its type and mode, never opened
+        // (reading a fifo blocks until a writer comes).
+        Some(format!("special:{:o}", m.permissions().mode()))
     } else {
         let bytes = std::fs::read(p).ok()?;
         Some(format!(
@@ -233,6 +237,8 @@ pub struct Promoted {
     /// objects, refs, index, a commit it made), which the human's commit
     /// of the work tree's changes replaces.
     pub git_internal: usize,
+    /// Fifos, sockets and devices left out.
+    pub special: usize,
 }
 
 fn journal_path(task_dir: &Path) -> PathBuf {
@@ -328,7 +334,7 @@ pub fn promote(
     if let Ok(bytes) = std::fs::read(journal_path(spec.task_dir))
         && let Ok(j) = serde_json::from_slice::<Journal>(&bytes)
     {
-        return finish(spec, j, cs.changes.len(), 0);
+        return finish(spec, j, cs.changes.len(), (0, 0));
     }
     let ws = spec.workspace;
     // The repository's own state is never the task's to change: an agent
@@ -337,18 +343,29 @@ pub fn promote(
     // `.git/modules/*/config` could set a submodule's fsmonitor). Only the
     // protected `.git/hooks` and `.git/config`, with the human's flag, are
     // applied, as files; none of it goes into the commit.
+    // Nor are fifos, sockets or devices: neither git nor a copy can carry
+    // one (opening a fifo the task made blocked the promote for ever).
+    let special = cs
+        .changes
+        .iter()
+        .filter(|c| c.entry == EntryType::Other)
+        .count();
     let (cs_all, cs) = (
         cs,
         &Changeset {
             changes: cs
                 .changes
                 .iter()
-                .filter(|c| !git_internal(c))
+                .filter(|c| !git_internal(c) && c.entry != EntryType::Other)
                 .cloned()
                 .collect(),
         },
     );
-    let git_internal_count = cs_all.changes.len() - cs.changes.len();
+    let git_internal_count = cs_all
+        .changes
+        .iter()
+        .filter(|c| git_internal(c) && c.entry != EntryType::Other)
+        .count();
     let mut conflicts = Vec::new();
     for (p, fp) in &base.entries {
         let rel = unhex(p);
@@ -398,6 +415,7 @@ pub fn promote(
         changes: cs_all
             .changes
             .iter()
+            .filter(|c| c.entry != EntryType::Other)
             .filter(|c| !git_internal(c) || (spec.allow_protected && is_protected(c)))
             .cloned()
             .collect(),
@@ -430,7 +448,7 @@ pub fn promote(
             done: false,
         };
         save_journal(spec.task_dir, &j)?;
-        return finish(spec, j, cs.changes.len(), git_internal_count);
+        return finish(spec, j, cs.changes.len(), (git_internal_count, special));
     }
     let (steps, reverse) = stage(spec, &files)?;
     let mut index_paths: Vec<String> = Vec::new();
@@ -450,7 +468,7 @@ pub fn promote(
         done: false,
     };
     save_journal(spec.task_dir, &j)?;
-    finish(spec, j, files.changes.len(), git_internal_count)
+    finish(spec, j, files.changes.len(), (git_internal_count, special))
 }
 
 /// Whether `rel` is the workspace's `.git` (a directory, or the file of a
@@ -606,7 +624,7 @@ fn finish(
     spec: &PromoteSpec<'_>,
     mut j: Journal,
     changes: usize,
-    git_internal: usize,
+    (git_internal, special): (usize, usize),
 ) -> Result<Promoted, PromoteError> {
     if !j.done {
         run_steps(&j.steps)?;
@@ -638,6 +656,7 @@ fn finish(
             .map(|c| c.0.trim_start_matches("refs/heads/").to_owned()),
         changes,
         git_internal,
+        special,
     })
 }
 

@@ -47,7 +47,7 @@ fn repo(t: &TestBox) {
 }
 
 /// `taskbox ARGS` as the human who promotes (a git identity for the commit).
-fn human(t: &TestBox, args: &[&str]) -> Run {
+fn human_cmd(t: &TestBox, args: &[&str]) -> Command {
     let mut c = t.cmd(args);
     c.env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_AUTHOR_NAME", "Alice")
@@ -55,7 +55,12 @@ fn human(t: &TestBox, args: &[&str]) -> Run {
         .env("GIT_COMMITTER_NAME", "Alice")
         .env("GIT_COMMITTER_EMAIL", "alice@example.com")
         .env("USER", "alice");
-    run(c)
+    c
+}
+
+/// [`human_cmd`], run to its end.
+fn human(t: &TestBox, args: &[&str]) -> Run {
+    run(human_cmd(t, args))
 }
 
 const SCRIPT: &str = "echo more >> hello.txt; rm sub/b.txt; mv keep.txt moved.txt; echo n > 'new file.txt'; mkdir d; echo z > d/z";
@@ -313,6 +318,51 @@ fn a_task_that_ran_git_commit_promotes_as_one_commit_and_no_git_state() {
         );
         assert_eq!(git(&t, &["status", "--porcelain"]), "", "{m:?}");
     }
+}
+
+#[test]
+fn fifos_and_sockets_the_task_made_neither_block_nor_land() {
+    // Opening a fifo blocks until a writer comes: promote once hung for
+    // ever on one the task made, and the task's end on a host fifo it removed.
+    let t = TestBox::new(Mode::Root);
+    repo(&t);
+    nix::unistd::mkfifo(
+        &t.ws.join("hostpipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let r = t.sh(
+        "explore",
+        "mkfifo pipe && rm hostpipe && python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"sock\")' && echo x > a.txt",
+    );
+    r.code(0);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let mut child = human_cmd(&t, &["task", "promote", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("promote hung on a fifo");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("3 fifos, sockets or devices"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(t.ws.join("a.txt")).unwrap(), "x\n");
+    assert!(!t.ws.join("pipe").exists() && !t.ws.join("sock").exists());
+    assert!(
+        t.ws.join("hostpipe").exists(),
+        "the host's fifo was removed"
+    );
 }
 
 #[test]
