@@ -172,6 +172,44 @@ fn binary_files_are_summarised_and_protected_paths_flagged_in_diff() {
 }
 
 #[test]
+fn diff_shows_terminal_escapes_and_bidi_controls_instead_of_obeying_them() {
+    // A reviewer reads `task diff` in a terminal: content that clears the
+    // screen or reorders a line would show them something else than what
+    // promote applies.
+    let t = TestBox::new(Mode::Root);
+    let r = t.sh(
+        "explore",
+        "printf 'ok\\n\\033[2J\\033[Hrm -rf ~\\n' > run.sh; printf 'x = 1 \\342\\200\\256 # admin\\n' > bidi.py",
+    );
+    r.code(0);
+    let id = r.json()["task"].as_str().unwrap().to_owned();
+    let d = t.taskbox(&["task", "diff", &id]);
+    d.code(0);
+    assert!(
+        !d.stdout.contains('\u{1b}') && !d.stdout.contains('\u{202e}'),
+        "{:?}",
+        d.stdout
+    );
+    assert!(
+        d.stdout.contains("+\\x1b[2J\\x1b[Hrm -rf ~"),
+        "{}",
+        d.stdout
+    );
+    assert!(d.stdout.contains("\\u{202e}"), "{}", d.stdout);
+    assert!(
+        d.stdout.contains("# ESCAPED: run.sh") && d.stdout.contains("# ESCAPED: bidi.py"),
+        "{}",
+        d.stdout
+    );
+    // Promote applies the real bytes.
+    t.taskbox(&["task", "promote", &id]).code(0);
+    assert_eq!(
+        std::fs::read(t.ws.join("run.sh")).unwrap(),
+        b"ok\n\x1b[2J\x1b[Hrm -rf ~\n"
+    );
+}
+
+#[test]
 fn overlay_without_namespaces_is_refused_not_written_in_place() {
     let t = TestBox::new(Mode::RootNoNs);
     let r = t.taskbox(&[
