@@ -338,7 +338,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
                 let plan = format!(
                     "{}command: {}\nworkspace: {}\ncredentials: {}\n",
                     crate::profile::explain(&prof),
-                    argv.join(" "),
+                    crate::workspace::display_argv(&argv),
                     workspace.display(),
                     if credentials.is_empty() {
                         "none".to_owned()

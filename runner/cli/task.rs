@@ -99,7 +99,7 @@ impl TaskCmd {
                         life["state"].as_str().unwrap_or("?"),
                         r.profile,
                         r.agent.as_deref().unwrap_or("-"),
-                        r.argv.join(" ")
+                        workspace::display_argv(&r.argv)
                     );
                 }
                 Ok(0)
@@ -196,7 +196,9 @@ impl TaskCmd {
                     protect: &protect,
                     allow_protected,
                     denied: &r.denied,
-                    message: message.unwrap_or_else(|| format!("taskbox: {}", r.argv.join(" "))),
+                    message: message.unwrap_or_else(|| {
+                        format!("taskbox: {}", workspace::display_argv(&r.argv))
+                    }),
                     trailers,
                     branch,
                 };

@@ -15,34 +15,6 @@ fn read_text(p: &Path) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// `text` with what could rewrite a reviewer's terminal or reorder what it
-/// shows made visible: C0 and C1 controls but tab and newline (escape
-/// sequences clear the screen, move the cursor, hide lines), and the
-/// invisible and bidirectional formatting characters of "Trojan Source".
-fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(ch) = chars.next() {
-        let c = ch as u32;
-        match ch {
-            '\n' | '\t' => out.push(ch),
-            // A CRLF line end moves nothing on screen; a lone CR rewrites the line.
-            '\r' if chars.peek() == Some(&'\n') => out.push(ch),
-            _ if c < 0x20 || c == 0x7f => out.push_str(&format!("\\x{c:02x}")),
-            _ if (0x80..=0x9f).contains(&c)
-                || (0x200b..=0x200f).contains(&c)
-                || (0x202a..=0x202e).contains(&c)
-                || (0x2060..=0x2069).contains(&c)
-                || c == 0xfeff =>
-            {
-                out.push_str(&format!("\\u{{{c:04x}}}"));
-            }
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
 /// Whether `rel` is (under) one of the protected paths, given relative to the workspace.
 fn protected(rel: &Path, protect: &[&str]) -> bool {
     protect.iter().any(|p| rel.starts_with(p))
@@ -154,7 +126,7 @@ pub fn render_diff(
                     .context_radius(3)
                     .header(&a, &b)
                     .to_string();
-                let shown = escape_controls(&text);
+                let shown = super::for_terminal(&text);
                 if shown != text {
                     let _ = writeln!(
                         out,
@@ -240,20 +212,4 @@ pub fn render_stat(cs: &Changeset, upper: &Path, lower: &Path, protect: &[&str])
         cs.changes.len()
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_and_bidi_characters_are_shown_not_obeyed() {
-        let shown = escape_controls("a\tb\n\u{1b}[2J\u{202e}x\u{9b}\u{7f}\r!\n");
-        assert_eq!(shown, "a\tb\n\\x1b[2J\\u{202e}x\\u{009b}\\x7f\\x0d!\n");
-        assert_eq!(escape_controls("plain ünïcode\n"), "plain ünïcode\n");
-        assert_eq!(
-            escape_controls("crlf\r\nhid\rden\n"),
-            "crlf\r\nhid\\x0dden\n"
-        );
-    }
 }

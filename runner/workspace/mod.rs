@@ -29,7 +29,8 @@ pub enum WorkspaceError {
 }
 
 /// Writes a path for people: UTF-8 as is, other bytes escaped as `\xNN`,
-/// control characters (a newline in a name) escaped too.
+/// control characters (a newline in a name) escaped too, and the
+/// invisible and bidi formatting characters (see [`for_terminal`]).
 pub fn display_path(p: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt as _;
     let mut out = String::new();
@@ -37,6 +38,8 @@ pub fn display_path(p: &std::path::Path) -> String {
         for c in chunk.valid().chars() {
             if c.is_control() {
                 out.extend(c.escape_default());
+            } else if formatting(c) {
+                out.push_str(&format!("\\u{{{:04x}}}", c as u32));
             } else {
                 out.push(c);
             }
@@ -46,6 +49,63 @@ pub fn display_path(p: &std::path::Path) -> String {
         }
     }
     out
+}
+
+/// `text` with what could rewrite a reviewer's terminal or reorder what it
+/// shows made visible (task-made text a human reads: a diff, a command to
+/// approve): C0 and C1 controls but tab and newline (escape
+/// sequences clear the screen, move the cursor, hide lines), and the
+/// invisible and bidirectional formatting characters of "Trojan Source".
+pub fn for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        let c = ch as u32;
+        match ch {
+            '\n' | '\t' => out.push(ch),
+            // A CRLF line end moves nothing on screen; a lone CR rewrites the line.
+            '\r' if chars.peek() == Some(&'\n') => out.push(ch),
+            _ if c < 0x20 || c == 0x7f => out.push_str(&format!("\\x{c:02x}")),
+            _ if (0x80..=0x9f).contains(&c) || formatting(ch) => {
+                out.push_str(&format!("\\u{{{c:04x}}}"));
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// The invisible and bidirectional formatting characters: zero-width
+/// spaces and joiners, marks, embeddings, overrides and isolates, and the
+/// byte-order mark.
+fn formatting(ch: char) -> bool {
+    let c = ch as u32;
+    (0x200b..=0x200f).contains(&c)
+        || (0x202a..=0x202e).contains(&c)
+        || (0x2060..=0x2069).contains(&c)
+        || c == 0xfeff
+}
+
+/// A command line for people (a plan to approve, a task list): each
+/// argument as [`for_terminal`] shows it, in single quotes where it holds
+/// anything but letters, digits and `-_./=:,+@%`, so that one argument
+/// with spaces cannot pass for several.
+pub fn display_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let shown = for_terminal(a);
+            let plain = !shown.is_empty()
+                && shown
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                shown
+            } else {
+                format!("'{}'", shown.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// For a git worktree (`.git` is a file naming its git dir), the git dir and
@@ -109,4 +169,36 @@ pub fn load_withheld(task_dir: &std::path::Path) -> Withheld {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_shown_not_obeyed() {
+        let shown = for_terminal("a\tb\n\u{1b}[2J\u{202e}x\u{9b}\u{7f}\r!\n");
+        assert_eq!(shown, "a\tb\n\\x1b[2J\\u{202e}x\\u{009b}\\x7f\\x0d!\n");
+        assert_eq!(for_terminal("plain ünïcode\n"), "plain ünïcode\n");
+        assert_eq!(for_terminal("crlf\r\nhid\rden\n"), "crlf\r\nhid\\x0dden\n");
+        assert_eq!(
+            display_path(std::path::Path::new("a\u{202e}b\nc")),
+            "a\\u{202e}b\\nc"
+        );
+    }
+
+    #[test]
+    fn a_command_line_for_people_shows_each_argument_as_one() {
+        let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(display_argv(&v(&["make", "-j4", "a=b"])), "make -j4 a=b");
+        assert_eq!(
+            display_argv(&v(&["rm", "-rf /tmp/x", "it's"])),
+            "rm '-rf /tmp/x' 'it'\\''s'"
+        );
+        assert_eq!(
+            display_argv(&v(&["echo", "ok\u{1b}[2K\rrm -rf /"])),
+            "echo 'ok\\x1b[2K\\x0drm -rf /'"
+        );
+        assert_eq!(display_argv(&v(&["x", ""])), "x ''");
+    }
 }

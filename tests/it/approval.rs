@@ -17,7 +17,8 @@ fn pending(t: &TestBox, profile: &str) -> String {
     r.code(126);
     assert!(
         r.stderr.contains("needs approval")
-            && r.stderr.contains("command: /bin/sh -c echo deployed"),
+            && r.stderr
+                .contains("command: /bin/sh -c 'echo deployed >> hello.txt'"),
         "{}",
         r.stderr
     );
@@ -82,6 +83,41 @@ fn an_approval_does_not_survive_a_changed_profile() {
     assert_eq!(
         std::fs::read_to_string(t.ws.join("hello.txt")).unwrap(),
         "hello\n"
+    );
+}
+
+#[test]
+fn the_command_to_approve_is_shown_as_it_is_not_as_it_would_look() {
+    // An agent picks the command line a human approves: terminal escapes
+    // (erase the line, return) or a bidi override could make it look like
+    // another, and an argument with spaces like several.
+    let t = TestBox::new(Mode::Root);
+    let disguised = "harmless\u{1b}[2K\rrm -rf ~\u{202e}";
+    let r = t.taskbox(&[
+        "run",
+        "-p",
+        "shared-change",
+        "--",
+        "/bin/echo",
+        disguised,
+        "a b",
+    ]);
+    r.code(126);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("command: "))
+        .unwrap_or_default();
+    assert_eq!(
+        line, "command: /bin/echo 'harmless\\x1b[2K\\x0drm -rf ~\\u{202e}' 'a b'",
+        "{}",
+        r.stderr
+    );
+    let list = t.taskbox(&["task", "list"]);
+    assert!(
+        !list.stdout.contains('\u{1b}') && !list.stdout.contains('\u{202e}'),
+        "{:?}",
+        list.stdout
     );
 }
 
