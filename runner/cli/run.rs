@@ -138,7 +138,12 @@ fn summarize(r: &RunReport, json: bool, open_line: bool) {
         eprintln!(
             "taskbox: task {}: the egress proxy refused {}",
             r.task,
-            r.denied_hosts.join(", ")
+            // Names the task chose (a SOCKS5 name is any bytes).
+            r.denied_hosts
+                .iter()
+                .map(|h| crate::workspace::for_terminal(h))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if let Some(plan) = &r.plan {

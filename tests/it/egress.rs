@@ -333,6 +333,22 @@ fn socks5_reaches_allowed_hosts_only() {
 }
 
 #[test]
+fn a_denied_name_the_task_chose_reaches_the_terminal_escaped() {
+    // A SOCKS5 name is any bytes: the refused-hosts summary on the human's
+    // stderr must not carry the task's terminal escapes.
+    let t = TestBox::new(Mode::User);
+    let s = server();
+    let p = proxy_profile(&t, &format!("\"127.0.0.1:{}\"", s.port));
+    let py = "import os, socket\nh, p = os.environ['TASKBOX_PROXY'].rsplit(':', 1)\nc = socket.create_connection((h, int(p)))\nc.sendall(b'\\x05\\x01\\x00'); c.recv(2)\nname = b'evil\\x1b[2J.test'\nc.sendall(b'\\x05\\x01\\x00\\x03' + bytes([len(name)]) + name + b'\\x00\\x50')\nprint('reply', c.recv(10)[:2])\n";
+    let r = t.taskbox(&["run", "-p", &p, "--", "/usr/bin/python3", "-c", py]);
+    assert!(r.stdout.contains("reply"), "{r:?}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 0);
+    assert!(r.stderr.contains("the egress proxy refused"), "{r:?}");
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+    assert!(r.stderr.contains("evil\\x1b[2j.test"), "{}", r.stderr);
+}
+
+#[test]
 fn ipv6_loopback_literal_entries_work_and_others_do_not() {
     let Ok(l) = TcpListener::bind("[::1]:0") else {
         eprintln!("SKIP ipv6_loopback_literal_entries_work_and_others_do_not: no ::1 on this host");
