@@ -48,13 +48,19 @@ impl AuditCmd {
             AuditCmd::Tail { n } => {
                 let all = sink.query(None)?;
                 for r in &all[all.len().saturating_sub(n)..] {
-                    println!("{}", serde_json::to_string(r)?);
+                    println!(
+                        "{}",
+                        crate::workspace::json_for_terminal(&serde_json::to_string(r)?)
+                    );
                 }
                 Ok(0)
             }
             AuditCmd::Query { task } => {
                 for r in sink.query(task.as_deref())? {
-                    println!("{}", serde_json::to_string(&r)?);
+                    println!(
+                        "{}",
+                        crate::workspace::json_for_terminal(&serde_json::to_string(&r)?)
+                    );
                 }
                 Ok(0)
             }

@@ -106,7 +106,10 @@ impl TaskCmd {
             }
             TaskCmd::Show { id } => {
                 let r = state.load(&id)?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                println!(
+                    "{}",
+                    workspace::json_for_terminal(&serde_json::to_string_pretty(&r)?)
+                );
                 if r.overlay && state.task_dir(&r.id).upper().is_dir() {
                     let cs = changes(&state, &r)?;
                     print!(

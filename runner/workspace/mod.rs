@@ -86,6 +86,23 @@ fn formatting(ch: char) -> bool {
         || c == 0xfeff
 }
 
+/// JSON text for a terminal: serde_json escapes C0 controls but writes
+/// other characters as they are, so the C1 controls and the invisible and
+/// bidi formatting characters a task chose (in its argv, in a path) become
+/// `\uNNNN` escapes too: the same JSON, shown as it is.
+pub fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for ch in json.chars() {
+        let c = ch as u32;
+        if (0x80..=0x9f).contains(&c) || formatting(ch) {
+            out.push_str(&format!("\\u{c:04x}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// A command line for people (a plan to approve, a task list): each
 /// argument as [`for_terminal`] shows it, in single quotes where it holds
 /// anything but letters, digits and `-_./=:,+@%`, so that one argument
@@ -185,6 +202,19 @@ mod tests {
             display_path(std::path::Path::new("a\u{202e}b\nc")),
             "a\\u{202e}b\\nc"
         );
+    }
+
+    #[test]
+    fn json_for_a_terminal_is_the_same_json() {
+        let v = serde_json::json!({"argv": ["echo", "a\u{202e}b\u{1b}\u{85}", "ü"]});
+        let shown = json_for_terminal(&serde_json::to_string(&v).unwrap());
+        assert!(
+            !shown.contains('\u{202e}') && !shown.contains('\u{85}'),
+            "{shown}"
+        );
+        assert!(shown.contains("ü"), "{shown}");
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

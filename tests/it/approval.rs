@@ -119,6 +119,22 @@ fn the_command_to_approve_is_shown_as_it_is_not_as_it_would_look() {
         "{:?}",
         list.stdout
     );
+    // And in the JSON a human reads before approving (same JSON, escaped).
+    let id = r
+        .stderr
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned();
+    for args in [
+        vec!["task", "show", id.as_str()],
+        vec!["audit", "query", "--task", id.as_str()],
+    ] {
+        let o = t.taskbox(&args);
+        o.code(0);
+        assert!(!o.stdout.contains('\u{202e}'), "{args:?}: {:?}", o.stdout);
+        assert!(o.stdout.contains("\\u202e"), "{args:?}: {}", o.stdout);
+    }
 }
 
 #[test]
