@@ -30,7 +30,7 @@ pub enum WorkspaceError {
 
 /// Writes a path for people: UTF-8 as is, other bytes escaped as `\xNN`,
 /// control characters (a newline in a name) escaped too, and the
-/// invisible and bidi formatting characters (see [`for_terminal`]).
+/// invisible and bidi formatting characters (see [`invisible`]).
 pub fn display_path(p: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt as _;
     let mut out = String::new();
@@ -38,7 +38,7 @@ pub fn display_path(p: &std::path::Path) -> String {
         for c in chunk.valid().chars() {
             if c.is_control() {
                 out.extend(c.escape_default());
-            } else if formatting(c) {
+            } else if invisible(c) {
                 out.push_str(&format!("\\u{{{:04x}}}", c as u32));
             } else {
                 out.push(c);
@@ -66,7 +66,7 @@ pub fn for_terminal(text: &str) -> String {
             // A CRLF line end moves nothing on screen; a lone CR rewrites the line.
             '\r' if chars.peek() == Some(&'\n') => out.push(ch),
             _ if c < 0x20 || c == 0x7f => out.push_str(&format!("\\x{c:02x}")),
-            _ if (0x80..=0x9f).contains(&c) || formatting(ch) => {
+            _ if invisible(ch) => {
                 out.push_str(&format!("\\u{{{c:04x}}}"));
             }
             _ => out.push(ch),
@@ -75,12 +75,14 @@ pub fn for_terminal(text: &str) -> String {
     out
 }
 
-/// The invisible and bidirectional formatting characters: zero-width
-/// spaces and joiners, marks, embeddings, overrides and isolates, and the
-/// byte-order mark.
-fn formatting(ch: char) -> bool {
+/// What a terminal acts on or hides without showing, past C0: the C1
+/// controls, and the invisible and bidirectional formatting characters
+/// (zero-width spaces and joiners, marks, embeddings, overrides and
+/// isolates, the byte-order mark).
+fn invisible(ch: char) -> bool {
     let c = ch as u32;
-    (0x200b..=0x200f).contains(&c)
+    (0x80..=0x9f).contains(&c)
+        || (0x200b..=0x200f).contains(&c)
         || (0x202a..=0x202e).contains(&c)
         || (0x2060..=0x2069).contains(&c)
         || c == 0xfeff
@@ -93,9 +95,8 @@ fn formatting(ch: char) -> bool {
 pub fn json_for_terminal(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for ch in json.chars() {
-        let c = ch as u32;
-        if (0x80..=0x9f).contains(&c) || formatting(ch) {
-            out.push_str(&format!("\\u{c:04x}"));
+        if invisible(ch) {
+            out.push_str(&format!("\\u{:04x}", ch as u32));
         } else {
             out.push(ch);
         }

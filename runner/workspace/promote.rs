@@ -337,38 +337,11 @@ pub fn promote(
         return finish(spec, j, cs.changes.len(), (0, 0));
     }
     let ws = spec.workspace;
-    // The repository's own state is never the task's to change: an agent
-    // that ran `git commit` in the overlay left objects, refs and an index
-    // there, which git refuses to take as work-tree paths (and a
-    // `.git/modules/*/config` could set a submodule's fsmonitor). Only the
-    // protected `.git/hooks` and `.git/config`, with the human's flag, are
-    // applied, as files; none of it goes into the commit.
-    // Nor are fifos, sockets or devices: neither git nor a copy can carry
-    // one (opening a fifo the task made blocked the promote for ever).
-    let special = cs
-        .changes
-        .iter()
-        .filter(|c| c.entry == EntryType::Other)
-        .count();
-    let (cs_all, cs) = (
-        cs,
-        &Changeset {
-            changes: cs
-                .changes
-                .iter()
-                .filter(|c| !git_internal(c) && c.entry != EntryType::Other)
-                .cloned()
-                .collect(),
-        },
-    );
-    let git_internal_count = cs_all
-        .changes
-        .iter()
-        .filter(|c| git_internal(c) && c.entry != EntryType::Other)
-        .count();
     let mut conflicts = Vec::new();
     for (p, fp) in &base.entries {
         let rel = unhex(p);
+        // The repository's own state: never promoted (below), and rewritten
+        // by the human's every `git status` (the index).
         if in_git_dir(&rel) {
             continue;
         }
@@ -382,7 +355,7 @@ pub fn promote(
     // A deny path not there at launch could be made in the overlay (a
     // mask needs something to mount over); it never reaches the workspace.
     let deny = Denied::of(spec.denied);
-    let denied: Vec<String> = cs_all
+    let denied: Vec<String> = cs
         .changes
         .iter()
         .filter(|c| {
@@ -399,20 +372,26 @@ pub fn promote(
     if !denied.is_empty() {
         return Err(PromoteError::Denied { paths: denied });
     }
-    let is_protected = |c: &&Change| spec.protect.iter().any(|p| c.path.starts_with(p));
-    let protected: Vec<String> = cs_all
+    let is_protected = |c: &Change| spec.protect.iter().any(|p| c.path.starts_with(p));
+    let protected: Vec<String> = cs
         .changes
         .iter()
-        .filter(is_protected)
+        .filter(|c| is_protected(c))
         .map(|c| display_path(&c.path))
         .collect();
     if !protected.is_empty() && !spec.allow_protected {
         return Err(PromoteError::Protected { paths: protected });
     }
-    // What lands in the work tree: the changes, plus the protected git
-    // files the human allowed (applied as files, outside the commit).
+    // What lands in the work tree. Not fifos, sockets or devices: neither
+    // git nor a copy can carry one (opening a fifo the task made blocked
+    // the promote for ever). Not the repository's own state either: an
+    // agent that ran `git commit` in the overlay left objects, refs and an
+    // index there, which git refuses as work-tree paths, and a
+    // `.git/modules/*/config` could set a submodule's fsmonitor. Only the
+    // protected `.git/hooks` and `.git/config`, with the human's flag, are
+    // applied, as files outside the commit.
     let files = Changeset {
-        changes: cs_all
+        changes: cs
             .changes
             .iter()
             .filter(|c| c.entry != EntryType::Other)
@@ -420,7 +399,21 @@ pub fn promote(
             .cloned()
             .collect(),
     };
-    let git_internal_count = git_internal_count - (files.changes.len() - cs.changes.len());
+    // What goes into the commit: the work tree's changes alone.
+    let tree = Changeset {
+        changes: files
+            .changes
+            .iter()
+            .filter(|c| !git_internal(c))
+            .cloned()
+            .collect(),
+    };
+    let special = cs
+        .changes
+        .iter()
+        .filter(|c| c.entry == EntryType::Other)
+        .count();
+    let left_out = (cs.changes.len() - special - files.changes.len(), special);
     for c in &files.changes {
         check_inside(ws, &c.path)?;
         if let ChangeKind::Renamed { from } = &c.kind {
@@ -434,7 +427,7 @@ pub fn promote(
     }
     let git_mode = is_git_top(ws);
     let commit = if git_mode {
-        Some(make_commit(spec, cs)?)
+        Some(make_commit(spec, &tree)?)
     } else {
         None
     };
@@ -448,12 +441,12 @@ pub fn promote(
             done: false,
         };
         save_journal(spec.task_dir, &j)?;
-        return finish(spec, j, cs.changes.len(), (git_internal_count, special));
+        return finish(spec, j, tree.changes.len(), left_out);
     }
     let (steps, reverse) = stage(spec, &files)?;
     let mut index_paths: Vec<String> = Vec::new();
     if commit.is_some() {
-        for c in &cs.changes {
+        for c in &tree.changes {
             index_paths.push(c.path.to_string_lossy().into_owned());
             if let ChangeKind::Renamed { from } = &c.kind {
                 index_paths.push(from.to_string_lossy().into_owned());
@@ -468,7 +461,7 @@ pub fn promote(
         done: false,
     };
     save_journal(spec.task_dir, &j)?;
-    finish(spec, j, files.changes.len(), (git_internal_count, special))
+    finish(spec, j, files.changes.len(), left_out)
 }
 
 /// Whether `rel` is the workspace's `.git` (a directory, or the file of a
@@ -624,6 +617,7 @@ fn finish(
     spec: &PromoteSpec<'_>,
     mut j: Journal,
     changes: usize,
+    // Left out: (changes under `.git`, fifos, sockets and devices).
     (git_internal, special): (usize, usize),
 ) -> Result<Promoted, PromoteError> {
     if !j.done {

@@ -812,10 +812,29 @@ fn a_host_socket_where_the_profile_grants_nothing_is_unreachable() {
         }
         t.own(&t.home);
         t.own(&t.outside);
-        let paths: Vec<String> = dirs
+        let mut paths: Vec<String> = dirs
             .iter()
             .map(|d| format!("'{}'", d.join("d.sock").display()))
             .collect();
+        // And one at the top of `/`, open to all, which no directory hides
+        // (as root only: nobody else may make one there).
+        let top = std::path::PathBuf::from(format!(
+            "/taskbox-it-{}-{:?}.sock",
+            std::process::id(),
+            t.mode
+        ));
+        let top_listener = nix::unistd::getuid().is_root().then(|| {
+            let _ = std::fs::remove_file(&top);
+            let l = std::os::unix::net::UnixListener::bind(&top).unwrap();
+            l.set_nonblocking(true).unwrap();
+            std::fs::set_permissions(&top, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .unwrap();
+            paths.push(format!("'{}'", top.display()));
+            l
+        });
+        if top_listener.is_none() {
+            eprintln!("SKIP the socket at the top of /: the test is not root");
+        }
         // The task's own sockets still work where it has them (namespaces:
         // its private /tmp); without a mount namespace it has none.
         let py = format!(
@@ -823,6 +842,7 @@ fn a_host_socket_where_the_profile_grants_nothing_is_unreachable() {
             paths.join(", ")
         );
         let r = t.py(&t.explore(), &py);
+        let _ = std::fs::remove_file(&top);
         r.code(0);
         assert!(!r.stdout.contains("CONNECTED"), "{:?}: {r:?}", t.mode);
         std::thread::sleep(Duration::from_millis(50));
@@ -834,14 +854,31 @@ fn a_host_socket_where_the_profile_grants_nothing_is_unreachable() {
                 d.display()
             );
         }
+        if let Some(l) = &top_listener {
+            assert!(
+                l.accept().is_err(),
+                "{:?}: {} was reached",
+                t.mode,
+                top.display()
+            );
+            assert!(
+                r.stdout.contains(&format!("refused {}", top.display())),
+                "{:?}: {r:?}",
+                t.mode
+            );
+        }
         let errno = if t.has_ns() {
             libc::ENOENT
         } else {
             libc::EPERM
         };
+        // The two directories' sockets are not there at all with namespaces
+        // (the one at the top of `/` is masked: another errno); without,
+        // no unix socket can be made, the task's own included.
+        let top_too = usize::from(top_listener.is_some() && !t.has_ns());
         assert_eq!(
             r.stdout.matches(&format!(" {errno}\n")).count(),
-            if t.has_ns() { 2 } else { 3 },
+            if t.has_ns() { 2 } else { 3 + top_too },
             "{:?}: {r:?}",
             t.mode
         );

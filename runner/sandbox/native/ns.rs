@@ -291,10 +291,7 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     }
     read_only_root(p.write)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let data = match p.tmp_size {
-        Some(n) => format!("mode=1777,size={n}"),
-        None => "mode=1777".to_owned(),
-    };
+    let data = tmpfs_options("1777", p.tmp_size);
     overmount_tmpfs(Path::new("/tmp"), p.keep, hard, &data, false, None)?;
     if Path::new("/dev/shm").is_dir() {
         overmount_tmpfs(
@@ -314,16 +311,21 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     mask(&p, false, &mut later)?;
     // Last, over what the hiding bound back (a scratch tree is kept like a
     // granted one, so its directory is there) and any mask inside it.
-    let data = match p.tmp_size {
-        Some(n) => format!("mode=700,size={n}"),
-        None => "mode=700".to_owned(),
-    };
+    let data = tmpfs_options("700", p.tmp_size);
     for s in p.scratch {
         if !in_proc(s) && s.is_dir() {
             mnt(Some("tmpfs"), s, Some("tmpfs"), hard, Some(&data))?;
         }
     }
     Ok(later)
+}
+
+/// A tmpfs's mount options: its root's mode, and its size cap if any.
+fn tmpfs_options(mode: &str, size: Option<u64>) -> String {
+    match size {
+        Some(n) => format!("mode={mode},size={n}"),
+        None => format!("mode={mode}"),
+    }
 }
 
 /// The fresh /proc of the task's pid namespace, then the masks that lie

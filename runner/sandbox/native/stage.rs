@@ -575,6 +575,23 @@ fn run(
             "without a pid namespace, the host's processes are visible in /proc, command lines included (their environments and memory are not: Landlock refuses that access to processes outside the task)"
                 .into(),
         );
+        // What the command's seccomp filter refuses in this mode (see
+        // `seccomp::build`), and what the profile asked for in vain.
+        notes.push("without a mount namespace, unix sockets are refused (socket(AF_UNIX) fails; socketpair works): Landlock cannot keep the host's sockets out of reach".into());
+        notes.push("without an IPC namespace, System V shared memory, message queues and semaphores are refused: they would be the host's".into());
+        if !plan.spec.fs.scratch.is_empty() {
+            let list: Vec<String> = plan
+                .spec
+                .fs
+                .scratch
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            notes.push(format!(
+                "without a mount namespace, the scratch trees are not writable (they would be the host's): {}",
+                list.join(", ")
+            ));
+        }
     }
     if let Some(cg) = plan.cgroup.as_ref().filter(|_| !cgroup_joined) {
         setup(join_cgroup(cg))?;
@@ -1322,22 +1339,6 @@ fn init(
         _ if inet => prebuilt.filters.1,
         _ => prebuilt.filters.0,
     })?;
-    if isolation == Isolation::LandlockOnly {
-        notes.push("without a mount namespace, unix sockets are refused (socket(AF_UNIX) fails; socketpair works): Landlock cannot keep the host's sockets out of reach".into());
-        notes.push("without an IPC namespace, System V shared memory, message queues and semaphores are refused: they would be the host's".into());
-        if !spec.fs.scratch.is_empty() {
-            let list: Vec<String> = spec
-                .fs
-                .scratch
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            notes.push(format!(
-                "without a mount namespace, the scratch trees are not writable (they would be the host's): {}",
-                list.join(", ")
-            ));
-        }
-    }
     mark("prepared");
     let mut fds: Vec<(String, String)> = inherited
         .iter()
