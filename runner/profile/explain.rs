@@ -68,6 +68,13 @@ pub fn explain(p: &Profile) -> String {
             list(&strs(&p.fs.scratch))
         );
     }
+    if !p.fs.cache.is_empty() {
+        let _ = writeln!(
+            o,
+            "caches, the host's read through a layer of its own that takes every write and is thrown away (with namespaces; read-only without): {}",
+            list(&strs(&p.fs.cache))
+        );
+    }
     let _ = writeln!(
         o,
         "its own, with namespaces: /tmp ({{tmp}}) and /dev/shm, in memory, each holding at most the memory limit, gone with the task (without namespaces {{tmp}} is a private directory and /dev/shm is refused)"
@@ -252,6 +259,14 @@ fn one_way(o: &mut String, a: &Profile, b: &Profile) {
     for s in &a.fs.scratch {
         if !b.fs.scratch.contains(s) {
             line(format!("a scratch tree of its own at {}", s.as_str()));
+        }
+    }
+    for c in &a.fs.cache {
+        if !b.fs.cache.contains(c) {
+            line(format!(
+                "the host's {} read through a layer of its own",
+                c.as_str()
+            ));
         }
     }
     if a.workspace > b.workspace {

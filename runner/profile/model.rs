@@ -222,6 +222,8 @@ pub struct FsPolicy {
     pub unprotect: Vec<PathTemplate>,
     /// The task's own throwaway trees over host directories.
     pub scratch: Vec<PathTemplate>,
+    /// Host trees read through a throwaway layer of the task's.
+    pub cache: Vec<PathTemplate>,
 }
 
 /// `[network]`, merged.
@@ -571,6 +573,7 @@ impl Profile {
                 && fs.deny.is_none()
                 && fs.unprotect.is_none()
                 && fs.scratch.is_none()
+                && fs.cache.is_none()
             {
                 return Err(empty_section(src, "filesystem", span));
             }
@@ -579,6 +582,7 @@ impl Profile {
             let read = paths(src, "filesystem.read", fs.read)?;
             let write = paths(src, "filesystem.write", fs.write)?;
             let scratch = paths(src, "filesystem.scratch", fs.scratch)?;
+            let cache = paths(src, "filesystem.cache", fs.cache)?;
             let asked: Vec<(&str, PathTemplate, Range<usize>)> = read
                 .iter()
                 .map(|p| ("filesystem.read", p.0.clone(), p.1.clone()))
@@ -592,12 +596,34 @@ impl Profile {
                         .iter()
                         .map(|p| ("filesystem.scratch", p.0.clone(), p.1.clone())),
                 )
+                .chain(
+                    cache
+                        .iter()
+                        .map(|p| ("filesystem.cache", p.0.clone(), p.1.clone())),
+                )
                 .collect();
             // A scratch tree reaches nothing of the host's: no widening.
             for p in scratch {
                 if !self.fs.scratch.contains(&p.0) {
                     self.fs.scratch.push(p.0);
                 }
+            }
+            // A cache tree writes nothing of the host's, but reads it: a
+            // widening where nothing granted it readable.
+            for p in cache {
+                if self.fs.cache.contains(&p.0) {
+                    continue;
+                }
+                if !self
+                    .fs
+                    .read
+                    .iter()
+                    .chain(&self.fs.write)
+                    .any(|r| r.covers(&p.0))
+                {
+                    push(widen("filesystem.cache", p.0.as_str().to_owned(), &p.1));
+                }
+                self.fs.cache.push(p.0);
             }
             for p in read {
                 if !self

@@ -114,6 +114,12 @@ pub struct FilesystemToml {
     /// which stays untouched and unread); they need namespaces.
     #[schemars(with = "Option<Vec<String>>")]
     pub scratch: Option<PathList>,
+    /// Cache trees: the host's directory is read as it is, and the task's
+    /// writes land in an in-memory layer of its own over it, thrown away
+    /// after the task (a warm package cache the task cannot poison for the
+    /// host); they need namespaces, and are read-only without.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub cache: Option<PathList>,
 }
 
 /// `[network] mode = ...`

@@ -43,6 +43,11 @@ pub struct FsSpec {
     /// each (existing) host directory; without, not granted at all.
     #[serde(default)]
     pub scratch: Vec<PathBuf>,
+    /// Cache trees: with namespaces, the host directory (if it exists) under
+    /// a throwaway in-memory layer of the task's (reads see the host's,
+    /// writes land in the layer); without, read-only.
+    #[serde(default)]
+    pub cache: Vec<PathBuf>,
     /// The `read`/`write` entries that name the task's own /tmp (`{tmp}`,
     /// or a literal path in /tmp): without a mount namespace they become
     /// the task's private directory on the host. Other paths that merely
@@ -195,6 +200,12 @@ impl Profile {
                 // A tree the profile also grants as the host's is the host's.
                 scratch: fs
                     .scratch
+                    .iter()
+                    .filter(|s| !fs.write.iter().any(|w| w.covers(s)))
+                    .map(|p| p.resolve(vars))
+                    .collect(),
+                cache: fs
+                    .cache
                     .iter()
                     .filter(|s| !fs.write.iter().any(|w| w.covers(s)))
                     .map(|p| p.resolve(vars))

@@ -313,6 +313,68 @@ fn a_scratch_tree_granted_as_the_hosts_is_the_hosts_and_that_widens() {
 }
 
 #[test]
+fn a_cache_tree_widens_only_what_was_not_readable_and_the_hosts_write_wins() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "extends = \"explore\"\n[filesystem]\ncache = [\"{home}/.cargo/registry\", \"{home}/.npm\", \"{home}/.m2\"]\nwrite = [\"{home}/.m2\"]\n",
+    )
+    .unwrap();
+    let p = Catalog::new(None).load(f.to_str().unwrap(), None).unwrap();
+    let cache: Vec<_> = p
+        .widenings
+        .iter()
+        .filter(|w| w.field == "filesystem.cache")
+        .map(|w| w.detail.as_str())
+        .collect();
+    // ~/.cargo is readable in base; ~/.npm and ~/.m2 are not.
+    assert_eq!(cache, ["{home}/.npm", "{home}/.m2"], "{:?}", p.widenings);
+    let vars = PathVars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/tmp".into(),
+    };
+    let s = p.resolve(&vars, &[]);
+    // A tree also granted as the host's is the host's.
+    assert_eq!(
+        s.fs.cache,
+        vec![
+            std::path::PathBuf::from("/h/.cargo/registry"),
+            std::path::PathBuf::from("/h/.npm")
+        ]
+    );
+    assert!(s.fs.write.contains(&"/h/.m2".into()));
+    assert!(explain(&p).contains("caches, the host's read through a layer"));
+    let e = err("[filesystem]\ncache = [\"{home}/.aws/cli\"]\n");
+    assert!(
+        e.contains("filesystem.cache") && e.contains("lies under the deny"),
+        "{e}"
+    );
+}
+
+#[test]
+fn build_reads_the_package_caches_through_a_layer_and_writes_none_of_the_hosts() {
+    let p = Catalog::new(None).load("build", None).unwrap();
+    let vars = PathVars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/tmp".into(),
+    };
+    let s = p.resolve(&vars, &[]);
+    assert!(
+        s.fs.cache.contains(&"/h/.cargo/registry".into()),
+        "{:?}",
+        s.fs
+    );
+    assert!(
+        !s.fs.write.iter().any(|w| w.starts_with("/h")),
+        "build writes the host's {:?}",
+        s.fs.write
+    );
+}
+
+#[test]
 fn only_the_profiles_own_tmp_entries_are_marked_as_tmp() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("t.toml");

@@ -764,6 +764,85 @@ fn a_scratch_tree_is_the_tasks_own_and_leaves_the_hosts_untouched() {
 }
 
 #[test]
+fn a_cache_tree_reads_the_hosts_and_keeps_the_tasks_writes_to_itself() {
+    // build's package caches: warm from the host, but a doctored crate the
+    // task leaves there must not reach the host's next build. A deny inside
+    // the tree holds over the layer, and a cache inside a scratch tree
+    // (pip's, inside explore's ~/.cache) comes through it.
+    each(|t| {
+        let reg = t.home.join("cargo-registry");
+        std::fs::create_dir_all(reg.join("src/x")).unwrap();
+        std::fs::write(reg.join("src/x/lib.rs"), "HOST-CRATE\n").unwrap();
+        std::fs::write(reg.join("src/x/gone.rs"), "kept\n").unwrap();
+        std::fs::write(reg.join("secret"), "SECRET\n").unwrap();
+        let pip = t.home.join(".cache/pip");
+        std::fs::create_dir_all(&pip).unwrap();
+        std::fs::write(pip.join("wheel"), "HOST-WHEEL\n").unwrap();
+        std::fs::write(t.home.join(".cache/other"), "HOST-OTHER\n").unwrap();
+        t.own(&reg);
+        t.own(&t.home.join(".cache"));
+        let profile = t.profile(
+            "cache",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\ncache = [\"{{home}}/cargo-registry\", \"{{home}}/.cache/pip\"]\nscratch = [\"{{home}}/.cache\"]\ndeny = [\"{{home}}/cargo-registry/secret\"]\n",
+                t.base()
+            ),
+        );
+        let (r_, p_) = (reg.display(), pip.display());
+        let r = t.sh(
+            &profile,
+            &format!(
+                "cat {r_}/src/x/lib.rs {p_}/wheel; cat {h}/.cache/other; cat {r_}/secret; \
+                 echo TASK > {r_}/src/x/lib.rs && cat {r_}/src/x/lib.rs; \
+                 rm {r_}/src/x/gone.rs && echo REMOVED; touch {r_}/planted {p_}/planted && echo PLANTED; \
+                 echo TASK > {r_}/secret; echo end",
+                h = t.home.display()
+            ),
+        );
+        r.code(0);
+        assert!(
+            r.stdout.contains("HOST-CRATE\nHOST-WHEEL\n"),
+            "{:?}: {r:?}",
+            t.mode
+        );
+        assert!(!r.stdout.contains("HOST-OTHER"), "{:?}: {r:?}", t.mode);
+        assert!(
+            !r.stdout.contains("SECRET"),
+            "{:?}: a deny inside a cache tree was read: {r:?}",
+            t.mode
+        );
+        let host = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!(
+            host(&reg.join("src/x/lib.rs")),
+            "HOST-CRATE\n",
+            "{:?}",
+            t.mode
+        );
+        assert_eq!(host(&reg.join("src/x/gone.rs")), "kept\n", "{:?}", t.mode);
+        assert_eq!(host(&reg.join("secret")), "SECRET\n", "{:?}", t.mode);
+        assert!(
+            !reg.join("planted").exists() && !pip.join("planted").exists(),
+            "{:?}",
+            t.mode
+        );
+        if t.has_ns() {
+            assert!(
+                r.stdout.contains("TASK\nREMOVED\nPLANTED\n"),
+                "{:?}: {r:?}",
+                t.mode
+            );
+        } else {
+            assert!(
+                !r.stdout.contains("TASK\n") && !r.stdout.contains("PLANTED"),
+                "{r:?}"
+            );
+            let notes = r.json()["outcome"]["enforcement"]["notes"].to_string();
+            assert!(notes.contains("cache trees are read-only"), "{r:?}");
+        }
+    });
+}
+
+#[test]
 fn host_unix_socket_under_run_is_unreachable() {
     // A pathname socket in a directory the profile masks (XDG_RUNTIME_DIR).
     for m in [Mode::Root, Mode::User] {

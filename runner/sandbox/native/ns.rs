@@ -95,6 +95,9 @@ pub struct MountPlan<'a> {
     /// Scratch trees: an empty tmpfs of the task's over each (see
     /// `FsSpec::scratch`), capped like `/tmp`.
     pub scratch: &'a [PathBuf],
+    /// Cache trees: the host's directory under a throwaway layer of the
+    /// task's (see `FsSpec::cache`), capped like `/tmp`.
+    pub cache: &'a [PathBuf],
 }
 
 /// Mounts a fresh tmpfs on `target`, carrying over the granted trees beneath it
@@ -289,7 +292,11 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
         )?;
         super::stage::mark("snapshot");
     }
-    read_only_root(p.write)?;
+    // Like the workspace's, before everything is made read-only and
+    // before the masks, which then lie over the layered view.
+    layer_caches(p.cache, p.tmp_size)?;
+    let writable: Vec<PathBuf> = p.write.iter().chain(p.cache).cloned().collect();
+    read_only_root(&writable)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let data = tmpfs_options("1777", p.tmp_size);
     overmount_tmpfs(Path::new("/tmp"), p.keep, hard, &data, false, None)?;
@@ -311,13 +318,63 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     mask(&p, false, &mut later)?;
     // Last, over what the hiding bound back (a scratch tree is kept like a
     // granted one, so its directory is there) and any mask inside it.
+    // A cache tree inside one comes back (bound in from the layered view).
     let data = tmpfs_options("700", p.tmp_size);
     for s in p.scratch {
         if !in_proc(s) && s.is_dir() {
-            mnt(Some("tmpfs"), s, Some("tmpfs"), hard, Some(&data))?;
+            overmount_tmpfs(s, p.cache, hard, &data, false, None)?;
         }
     }
     Ok(later)
+}
+
+/// Lays a throwaway layer of the task's over each existing cache tree: an
+/// overlay whose lower layer is the host's directory and whose upper one
+/// lives in a fresh tmpfs (capped at `size`) mounted on the same path just
+/// before, which the overlay then covers. The host's files are read as they
+/// are; every write, new file or deletion lands in the tmpfs and goes with
+/// the task. Layers are named by descriptor, so no path text reaches the
+/// mount options (a `,` or `:` in a home directory would split them).
+fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<(), NativeError> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let data = tmpfs_options("700", size);
+    for c in caches {
+        let Ok(meta) = std::fs::metadata(c) else {
+            continue;
+        };
+        if in_proc(c) || !meta.is_dir() {
+            continue;
+        }
+        let setup = |what: &str, source: std::io::Error| NativeError::Setup {
+            what: format!("{what} for the cache tree {}", c.display()),
+            source,
+        };
+        let lower = open_path(c).ok_or_else(|| setup("open", std::io::Error::last_os_error()))?;
+        mnt(Some("tmpfs"), c, Some("tmpfs"), hard, Some(&data))?;
+        let mut fds = Vec::with_capacity(2);
+        for name in ["upper", "work"] {
+            let d = c.join(name);
+            std::fs::DirBuilder::new()
+                // The layered tree's root takes the upper's mode: the host's.
+                .mode(meta.mode() & 0o7777)
+                .create(&d)
+                .map_err(|e| setup("make the layer", e))?;
+            fds.push(
+                open_path(&d)
+                    .ok_or_else(|| setup("open the layer", std::io::Error::last_os_error()))?,
+            );
+        }
+        let opts = format!(
+            "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr,volatile",
+            lower.as_raw_fd(),
+            fds[0].as_raw_fd(),
+            fds[1].as_raw_fd()
+        );
+        mnt(Some("overlay"), c, Some("overlay"), hard, Some(&opts))?;
+    }
+    Ok(())
 }
 
 /// A tmpfs's mount options: its root's mode, and its size cap if any.

@@ -579,16 +579,20 @@ fn run(
         // `seccomp::build`), and what the profile asked for in vain.
         notes.push("without a mount namespace, unix sockets are refused (socket(AF_UNIX) fails; socketpair works): Landlock cannot keep the host's sockets out of reach".into());
         notes.push("without an IPC namespace, System V shared memory, message queues and semaphores are refused: they would be the host's".into());
-        if !plan.spec.fs.scratch.is_empty() {
-            let list: Vec<String> = plan
-                .spec
-                .fs
-                .scratch
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
+        let trees = [
+            (
+                &plan.spec.fs.scratch,
+                "the scratch trees are not writable (they would be the host's)",
+            ),
+            (
+                &plan.spec.fs.cache,
+                "the cache trees are read-only (a write would reach the host's)",
+            ),
+        ];
+        for (list, what) in trees.into_iter().filter(|(l, _)| !l.is_empty()) {
+            let list: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
             notes.push(format!(
-                "without a mount namespace, the scratch trees are not writable (they would be the host's): {}",
+                "without a mount namespace, {what}: {}",
                 list.join(", ")
             ));
         }
@@ -1124,6 +1128,14 @@ fn landlock_inputs(
     // locks and Chromium need it. Without, it would be the host's.
     // Scratch trees likewise (an empty tmpfs over each); without
     // namespaces they are not granted at all.
+    // Cache trees: written through the task's layer with namespaces;
+    // without, the host's, so read-only.
+    let cache = if isolation == Isolation::Namespaces {
+        Grant::Write
+    } else {
+        Grant::Read
+    };
+    roots.extend(spec.fs.cache.iter().map(|c| (retmp(c), cache)));
     if isolation == Isolation::Namespaces {
         roots.push((PathBuf::from("/dev/shm"), Grant::Write));
         roots.extend(spec.fs.scratch.iter().map(|s| (s.clone(), Grant::Write)));
@@ -1150,6 +1162,7 @@ fn landlock_inputs(
                 .into_iter()
                 .chain([Path::new("/tmp"), Path::new("/dev/shm")])
                 .chain(spec.fs.scratch.iter().map(PathBuf::as_path))
+                .chain(spec.fs.cache.iter().map(PathBuf::as_path))
                 .any(|t| {
                     ll::within(p, t)
                         && !spec
@@ -1192,6 +1205,7 @@ impl Prepared {
             .iter()
             .chain(&spec.fs.write)
             .chain(&spec.fs.scratch)
+            .chain(&spec.fs.cache)
             .cloned()
             .collect();
         let mut inherited = Vec::new();
@@ -1243,6 +1257,7 @@ fn mount_plan<'a>(
         tops,
         tmp_size: spec.limits.memory,
         scratch: &spec.fs.scratch,
+        cache: &spec.fs.cache,
     }
 }
 
