@@ -32,7 +32,7 @@ fn stats(mut v: Vec<Duration>) -> Stats {
 }
 
 /// A named launch: how to build its command.
-type Case<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
+type Case<'a> = (&'a str, Box<dyn Fn() -> Command + 'a>);
 
 /// One launch of each case per round, `n` rounds (after a tenth as
 /// warm-up): on a shared VM whose speed drifts within minutes, every case
@@ -246,23 +246,35 @@ fn main() {
     println!(
         "taskbox launch benchmark: {n} rounds, each case once per round, in an order shuffled each round (interleaved)"
     );
-    let ustate = dir.path().join("state-65534");
+    // Most users are not root: the same launches as an ordinary uid (no
+    // pids cgroup: RLIMIT_NPROC applies to non-root users). Not 65534 by
+    // default: that is the kernel's overflow uid, which a user namespace
+    // shows as the owner of every file whose owner it does not map, so
+    // for that one user the stage cannot tell root's `/etc/shadow` from a
+    // file of its own and masks the `/etc` deny paths that file
+    // permissions already close (about 0.18 ms). `TASKBOX_BENCH_UID`
+    // picks another.
+    let uid: u32 = std::env::var("TASKBOX_BENCH_UID")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let ustate = dir.path().join(format!("state-{uid}"));
     let root = nix_is_root();
     if root {
         for p in [dir.path().to_path_buf(), ws.clone(), ustate.clone()] {
             std::fs::create_dir_all(&p).unwrap();
-            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
         }
     }
-    // Most users are not root: the same launches as uid 65534 (no pids
-    // cgroup: RLIMIT_NPROC applies to non-root users).
     let user = |extra: &[(&str, &str)]| {
         let mut c = tb(extra);
         c.env("TASKBOX_STATE_DIR", &ustate);
-        std::os::unix::process::CommandExt::uid(&mut c, 65534);
-        std::os::unix::process::CommandExt::gid(&mut c, 65534);
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, uid);
         c
     };
+    let same_as_user = format!("  same, as uid {uid}");
+    let ll_user = format!("  Landlock+seccomp only, uid {uid}");
     let no_ns = [("TASKBOX_NO_USERNS", "1")];
     let mut cases: Vec<Case<'_>> = vec![
         (
@@ -276,11 +288,8 @@ fn main() {
         ),
     ];
     if root {
-        cases.push(("  same, as uid 65534", Box::new(|| user(&[]))));
-        cases.push((
-            "  Landlock+seccomp only, uid 65534",
-            Box::new(|| user(&no_ns)),
-        ));
+        cases.push((&same_as_user, Box::new(|| user(&[]))));
+        cases.push((&ll_user, Box::new(|| user(&no_ns))));
     }
     // The exec floor of the runner binary: it starts and exits at once.
     cases.push((
