@@ -372,7 +372,18 @@ fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<(), NativeError
             fds[0].as_raw_fd(),
             fds[1].as_raw_fd()
         );
-        mnt(Some("overlay"), c, Some("overlay"), hard, Some(&opts))?;
+        mount(Some("overlay"), c.as_path(), Some("overlay"), hard, Some(opts.as_str())).map_err(
+            |e| NativeError::Setup {
+                what: format!(
+                    "mount the throwaway layer over the cache tree {} (an overlay with the host's directory as its lower layer, which its filesystem may not support)",
+                    c.display()
+                ),
+                source: std::io::Error::other(format!(
+                    "{}. Hint: in a profile of your own, list the tree under `write` to use the host's directory as it is (a widening), or leave it out",
+                    std::io::Error::from(e)
+                )),
+            },
+        )?;
     }
     Ok(())
 }
