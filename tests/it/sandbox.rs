@@ -876,6 +876,64 @@ fn host_unix_socket_under_run_is_unreachable() {
 }
 
 #[test]
+fn the_hosts_syslog_socket_is_out_of_reach() {
+    // `/dev/log`: the host's syslog daemon, open to every user, in `/dev`,
+    // which the profiles grant only device by device. A message sent there
+    // would land in the host's logs under any name the task likes.
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIP the_hosts_syslog_socket_is_out_of_reach: only root can make /dev/log");
+        return;
+    }
+    let path = std::path::Path::new("/dev/log");
+    if std::fs::symlink_metadata(path).is_ok() {
+        eprintln!(
+            "SKIP the_hosts_syslog_socket_is_out_of_reach: this host has a /dev/log of its own, which the test must not replace"
+        );
+        return;
+    }
+    // Removed however the test ends.
+    struct Gone(&'static str);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let l = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    let _gone = Gone("/dev/log");
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let py = "import socket, syslog\ntry:\n s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'<13>TASK-WAS-HERE', '/dev/log'); print('SENT')\nexcept OSError as e: print('refused', e.errno)\nsyslog.syslog('TASK-WAS-HERE')\n";
+    // Also under a profile that grants all of /dev (as one for a GPU
+    // might): the socket is masked on its own.
+    let mut outcomes = Vec::new();
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        let all_dev = t.profile(
+            "all-dev",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\nread = [\"/dev\"]\n",
+                t.explore()
+            ),
+        );
+        for profile in [t.explore(), all_dev] {
+            let r = t.py(&profile, py);
+            std::thread::sleep(Duration::from_millis(20));
+            let mut buf = [0u8; 256];
+            let got = l.recv(&mut buf).ok();
+            outcomes.push((m, profile, r.stdout.contains("SENT"), got, r.code));
+        }
+    }
+    for (m, profile, sent, got, code) in outcomes {
+        assert_eq!(code, 0, "{m:?} {profile}");
+        assert!(!sent, "{m:?} {profile}: the task sent to /dev/log");
+        assert!(
+            got.is_none(),
+            "{m:?} {profile}: the host's /dev/log received a message"
+        );
+    }
+}
+
+#[test]
 fn a_host_socket_where_the_profile_grants_nothing_is_unreachable() {
     // Landlock refuses reads there but not `connect`: a daemon of the
     // caller's (rootless docker's `~/.docker/desktop/docker.sock`, an agent)
