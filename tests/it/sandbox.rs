@@ -779,12 +779,16 @@ fn a_cache_tree_reads_the_hosts_and_keeps_the_tasks_writes_to_itself() {
         std::fs::create_dir_all(&pip).unwrap();
         std::fs::write(pip.join("wheel"), "HOST-WHEEL\n").unwrap();
         std::fs::write(t.home.join(".cache/other"), "HOST-OTHER\n").unwrap();
+        // A file named as a cache tree gets no layer: it stays read-only.
+        let file = t.home.join("cached-file");
+        std::fs::write(&file, "HOST-FILE\n").unwrap();
+        t.own(&file);
         t.own(&reg);
         t.own(&t.home.join(".cache"));
         let profile = t.profile(
             "cache",
             &format!(
-                "extends = \"{}\"\n[filesystem]\ncache = [\"{{home}}/cargo-registry\", \"{{home}}/.cache/pip\"]\nscratch = [\"{{home}}/.cache\"]\ndeny = [\"{{home}}/cargo-registry/secret\"]\n",
+                "extends = \"{}\"\n[filesystem]\ncache = [\"{{home}}/cargo-registry\", \"{{home}}/.cache/pip\", \"{{home}}/cached-file\"]\nscratch = [\"{{home}}/.cache\"]\ndeny = [\"{{home}}/cargo-registry/secret\"]\n",
                 t.base()
             ),
         );
@@ -795,8 +799,9 @@ fn a_cache_tree_reads_the_hosts_and_keeps_the_tasks_writes_to_itself() {
                 "cat {r_}/src/x/lib.rs {p_}/wheel; cat {h}/.cache/other; cat {r_}/secret; \
                  echo TASK > {r_}/src/x/lib.rs && cat {r_}/src/x/lib.rs; \
                  rm {r_}/src/x/gone.rs && echo REMOVED; touch {r_}/planted {p_}/planted && echo PLANTED; \
-                 echo TASK > {r_}/secret; echo end",
-                h = t.home.display()
+                 echo TASK > {r_}/secret; echo TASK >> {f}; echo end",
+                h = t.home.display(),
+                f = file.display()
             ),
         );
         r.code(0);
@@ -820,6 +825,12 @@ fn a_cache_tree_reads_the_hosts_and_keeps_the_tasks_writes_to_itself() {
         );
         assert_eq!(host(&reg.join("src/x/gone.rs")), "kept\n", "{:?}", t.mode);
         assert_eq!(host(&reg.join("secret")), "SECRET\n", "{:?}", t.mode);
+        assert_eq!(
+            host(&file),
+            "HOST-FILE\n",
+            "{:?}: a file named as a cache tree was written",
+            t.mode
+        );
         assert!(
             !reg.join("planted").exists() && !pip.join("planted").exists(),
             "{:?}",

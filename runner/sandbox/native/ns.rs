@@ -294,8 +294,8 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     }
     // Like the workspace's, before everything is made read-only and
     // before the masks, which then lie over the layered view.
-    layer_caches(p.cache, p.tmp_size)?;
-    let writable: Vec<PathBuf> = p.write.iter().chain(p.cache).cloned().collect();
+    let layered = layer_caches(p.cache, p.tmp_size)?;
+    let writable: Vec<PathBuf> = p.write.iter().chain(&layered).cloned().collect();
     read_only_root(&writable)?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let data = tmpfs_options("1777", p.tmp_size);
@@ -320,10 +320,8 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     // granted one, so its directory is there) and any mask inside it.
     // A cache tree inside one comes back (bound in from the layered view).
     let data = tmpfs_options("700", p.tmp_size);
-    for s in p.scratch {
-        if !in_proc(s) && s.is_dir() {
-            overmount_tmpfs(s, p.cache, hard, &data, false, None)?;
-        }
+    for s in p.scratch.iter().filter(|s| own_tree(s)) {
+        overmount_tmpfs(s, p.cache, hard, &data, false, None)?;
     }
     Ok(later)
 }
@@ -335,18 +333,20 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
 /// are; every write, new file or deletion lands in the tmpfs and goes with
 /// the task. Layers are named by descriptor, so no path text reaches the
 /// mount options (a `,` or `:` in a home directory would split them).
-fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<(), NativeError> {
+/// Returns the trees it layered: only those may be made writable.
+fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<Vec<PathBuf>, NativeError> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let data = tmpfs_options("700", size);
+    let mut layered = Vec::new();
     for c in caches {
+        if !own_tree(c) {
+            continue;
+        }
         let Ok(meta) = std::fs::metadata(c) else {
             continue;
         };
-        if in_proc(c) || !meta.is_dir() {
-            continue;
-        }
         let setup = |what: &str, source: std::io::Error| NativeError::Setup {
             what: format!("{what} for the cache tree {}", c.display()),
             source,
@@ -384,8 +384,16 @@ fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<(), NativeError
                 )),
             },
         )?;
+        layered.push(c.clone());
     }
-    Ok(())
+    Ok(layered)
+}
+
+/// Whether the view gives the task a tree of its own at `c`, a scratch or
+/// a cache tree: a directory there at launch, outside /proc. Anything else
+/// named as one (a file, a path in /proc) stays as read-only as the rest.
+pub fn own_tree(c: &Path) -> bool {
+    !in_proc(c) && c.is_dir()
 }
 
 /// A tmpfs's mount options: its root's mode, and its size cap if any.

@@ -1128,17 +1128,26 @@ fn landlock_inputs(
     // locks and Chromium need it. Without, it would be the host's.
     // Scratch trees likewise (an empty tmpfs over each); without
     // namespaces they are not granted at all.
-    // Cache trees: written through the task's layer with namespaces;
-    // without, the host's, so read-only.
-    let cache = if isolation == Isolation::Namespaces {
-        Grant::Write
-    } else {
-        Grant::Read
-    };
-    roots.extend(spec.fs.cache.iter().map(|c| (retmp(c), cache)));
+    // Cache trees: written through the task's layer with namespaces (for
+    // those the view layers: a directory, not a file); without, the
+    // host's, so read-only.
+    roots.extend(spec.fs.cache.iter().map(|c| {
+        let grant = if isolation == Isolation::Namespaces && ns::own_tree(c) {
+            Grant::Write
+        } else {
+            Grant::Read
+        };
+        (retmp(c), grant)
+    }));
     if isolation == Isolation::Namespaces {
         roots.push((PathBuf::from("/dev/shm"), Grant::Write));
-        roots.extend(spec.fs.scratch.iter().map(|s| (s.clone(), Grant::Write)));
+        roots.extend(
+            spec.fs
+                .scratch
+                .iter()
+                .filter(|s| ns::own_tree(s))
+                .map(|s| (s.clone(), Grant::Write)),
+        );
     }
     // With namespaces the mount view masks the deny paths (read-only
     // mode-000 mounts the task can neither remove nor chmod) and binds the
