@@ -197,6 +197,49 @@ fn a_memory_bomb_in_the_private_tmp_is_contained() {
 }
 
 #[test]
+fn the_cache_trees_layers_share_one_memory_cap() {
+    // Each cache tree's writes land in memory: with a tmpfs of its own
+    // each, a profile with four caches would let a task hold four times
+    // its `memory`. One tmpfs holds them all: 192 MiB into each of two
+    // trees under a 256 MiB cap must run out of space.
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let (a, b) = (t.home.join("cache-a"), t.home.join("cache-b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            t.own(d);
+        }
+        let p = t.profile(
+            "caches",
+            &format!(
+                "extends = \"{}\"\n[filesystem]\ncache = [\"{{home}}/cache-a\", \"{{home}}/cache-b\"]\n[limits]\nwall = \"10s\"\nmemory = \"256MiB\"\n",
+                t.explore()
+            ),
+        );
+        let r = t.sh(
+            &p,
+            &format!(
+                "dd if=/dev/zero of={a}/fill bs=1M count=192 2>&1; dd if=/dev/zero of={b}/fill bs=1M count=192 2>&1; stat -c 'SIZE %s' {a}/fill {b}/fill",
+                a = a.display(),
+                b = b.display()
+            ),
+        );
+        assert!(r.stdout.contains("No space left on device"), "{m:?}: {r:?}");
+        let total: u64 = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("SIZE "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum();
+        assert!(total <= 256 << 20, "{m:?}: {total} bytes in the two caches");
+        assert!(
+            !a.join("fill").exists() && !b.join("fill").exists(),
+            "{m:?}: the host's cache was written"
+        );
+    }
+}
+
+#[test]
 fn output_flood_is_capped_and_stopped() {
     for m in Mode::ALL {
         let t = TestBox::new(m);

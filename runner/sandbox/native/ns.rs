@@ -328,49 +328,66 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
 
 /// Lays a throwaway layer of the task's over each existing cache tree: an
 /// overlay whose lower layer is the host's directory and whose upper one
-/// lives in a fresh tmpfs (capped at `size`) mounted on the same path just
-/// before, which the overlay then covers. The host's files are read as they
-/// are; every write, new file or deletion lands in the tmpfs and goes with
-/// the task. Layers are named by descriptor, so no path text reaches the
-/// mount options (a `,` or `:` in a home directory would split them).
-/// Returns the trees it layered: only those may be made writable.
+/// lives in a tmpfs of the task's. The host's files are read as they are;
+/// every write, new file or deletion lands in the tmpfs and goes with the
+/// task. One tmpfs (capped at `size`) holds every tree's upper layer, so
+/// their writes share one cap: it is mounted on the first tree, whose
+/// overlay then covers it. Layers are named by descriptor, so no path text
+/// reaches the mount options (a `,` or `:` in a home directory would split
+/// them). Returns the trees it layered: only those may be made writable.
 fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<Vec<PathBuf>, NativeError> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let data = tmpfs_options("700", size);
-    let mut layered = Vec::new();
-    for c in caches {
-        if !own_tree(c) {
-            continue;
-        }
+    let setup = |what: &str, c: &Path, source: std::io::Error| NativeError::Setup {
+        what: format!("{what} for the cache tree {}", c.display()),
+        source,
+    };
+    // Every lower layer is opened first: the tmpfs covers the first tree,
+    // and a later one may lie inside it.
+    let mut lowers = Vec::new();
+    for c in caches.iter().filter(|c| own_tree(c)) {
         let Ok(meta) = std::fs::metadata(c) else {
             continue;
         };
-        let setup = |what: &str, source: std::io::Error| NativeError::Setup {
-            what: format!("{what} for the cache tree {}", c.display()),
-            source,
-        };
-        let lower = open_path(c).ok_or_else(|| setup("open", std::io::Error::last_os_error()))?;
-        mnt(Some("tmpfs"), c, Some("tmpfs"), hard, Some(&data))?;
-        let mut fds = Vec::with_capacity(2);
+        let fd = open_path(c).ok_or_else(|| setup("open", c, std::io::Error::last_os_error()))?;
+        lowers.push((c, meta.mode() & 0o7777, fd));
+    }
+    let Some(&(first, ..)) = lowers.first() else {
+        return Ok(Vec::new());
+    };
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mnt(
+        Some("tmpfs"),
+        first,
+        Some("tmpfs"),
+        hard,
+        Some(&tmpfs_options("700", size)),
+    )?;
+    // All made before any overlay covers the tmpfs.
+    let mut dirs = Vec::with_capacity(lowers.len());
+    for (i, (c, mode, _)) in lowers.iter().enumerate() {
+        let mut pair = Vec::with_capacity(2);
         for name in ["upper", "work"] {
-            let d = c.join(name);
+            let d = first.join(format!("{name}{i}"));
             std::fs::DirBuilder::new()
                 // The layered tree's root takes the upper's mode: the host's.
-                .mode(meta.mode() & 0o7777)
+                .mode(*mode)
                 .create(&d)
-                .map_err(|e| setup("make the layer", e))?;
-            fds.push(
+                .map_err(|e| setup("make the layer", c, e))?;
+            pair.push(
                 open_path(&d)
-                    .ok_or_else(|| setup("open the layer", std::io::Error::last_os_error()))?,
+                    .ok_or_else(|| setup("open the layer", c, std::io::Error::last_os_error()))?,
             );
         }
+        dirs.push(pair);
+    }
+    let mut layered = Vec::with_capacity(lowers.len());
+    for ((c, _, lower), pair) in lowers.iter().zip(&dirs) {
         let opts = format!(
             "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr,volatile",
             lower.as_raw_fd(),
-            fds[0].as_raw_fd(),
-            fds[1].as_raw_fd()
+            pair[0].as_raw_fd(),
+            pair[1].as_raw_fd()
         );
         mount(Some("overlay"), c.as_path(), Some("overlay"), hard, Some(opts.as_str())).map_err(
             |e| NativeError::Setup {
@@ -384,7 +401,7 @@ fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<Vec<PathBuf>, N
                 )),
             },
         )?;
-        layered.push(c.clone());
+        layered.push((*c).clone());
     }
     Ok(layered)
 }
