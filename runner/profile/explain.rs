@@ -77,7 +77,7 @@ pub fn explain(p: &Profile) -> String {
     }
     let _ = writeln!(
         o,
-        "its own, with namespaces: /tmp ({{tmp}}) and /dev/shm, in memory, each holding at most the memory limit, gone with the task (without namespaces {{tmp}} is a private directory and /dev/shm is refused)"
+        "its own, with namespaces: /tmp ({{tmp}}) and /dev/shm, in memory, holding at most the memory limit together with its scratch trees and cache layers, gone with the task (without namespaces {{tmp}} is a private directory and /dev/shm is refused)"
     );
     let _ = writeln!(o, "can never read or write: {}", list(&strs(&p.fs.deny)));
     // Landlock carves a deny path out of a writable tree (without

@@ -110,8 +110,9 @@ pub struct FilesystemToml {
     #[schemars(with = "Option<Vec<String>>")]
     pub unprotect: Option<PathList>,
     /// Scratch trees: writable, but the task's own, empty at its start and
-    /// thrown away after it (an in-memory tmpfs over the host's directory,
-    /// which stays untouched and unread); they need namespaces.
+    /// thrown away after it (an empty directory of the task's in-memory
+    /// store over the host's, which stays untouched and unread); they need
+    /// namespaces.
     #[schemars(with = "Option<Vec<String>>")]
     pub scratch: Option<PathList>,
     /// Cache trees: the host's directory is read as it is, and the task's

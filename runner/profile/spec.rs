@@ -39,8 +39,8 @@ pub struct FsSpec {
     pub deny: Vec<PathBuf>,
     /// Inside writable trees, but read-only.
     pub protect: Vec<PathBuf>,
-    /// Scratch trees: with namespaces, an empty tmpfs of the task's over
-    /// each (existing) host directory; without, not granted at all.
+    /// Scratch trees: with namespaces, an empty in-memory directory of the
+    /// task's over each (existing) host directory; without, not granted.
     #[serde(default)]
     pub scratch: Vec<PathBuf>,
     /// Cache trees: with namespaces, the host directory (if it exists) under

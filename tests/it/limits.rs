@@ -197,45 +197,66 @@ fn a_memory_bomb_in_the_private_tmp_is_contained() {
 }
 
 #[test]
-fn the_cache_trees_layers_share_one_memory_cap() {
-    // Each cache tree's writes land in memory: with a tmpfs of its own
-    // each, a profile with four caches would let a task hold four times
-    // its `memory`. One tmpfs holds them all: 192 MiB into each of two
-    // trees under a 256 MiB cap must run out of space.
+fn the_tasks_in_memory_trees_share_one_cap() {
+    // /tmp, /dev/shm, scratch trees and cache layers are RAM that no
+    // rlimit counts: with a tmpfs of its own each, a task could hold its
+    // `memory` in every one of them. They are one tmpfs: 96 MiB into each
+    // of five under a 256 MiB cap must run out of space.
     for m in [Mode::Root, Mode::User] {
         let t = TestBox::new(m);
-        let (a, b) = (t.home.join("cache-a"), t.home.join("cache-b"));
-        for d in [&a, &b] {
+        let (a, b, s) = (
+            t.home.join("cache-a"),
+            t.home.join("cache-b"),
+            t.home.join("scratch"),
+        );
+        for d in [&a, &b, &s] {
             std::fs::create_dir_all(d).unwrap();
             t.own(d);
         }
         let p = t.profile(
-            "caches",
+            "in-memory",
             &format!(
-                "extends = \"{}\"\n[filesystem]\ncache = [\"{{home}}/cache-a\", \"{{home}}/cache-b\"]\n[limits]\nwall = \"10s\"\nmemory = \"256MiB\"\n",
+                "extends = \"{}\"\n[filesystem]\ncache = [\"{{home}}/cache-a\", \"{{home}}/cache-b\"]\nscratch = [\"{{home}}/scratch\"]\n[limits]\nwall = \"10s\"\nmemory = \"256MiB\"\n",
                 t.explore()
             ),
         );
-        let r = t.sh(
-            &p,
-            &format!(
-                "dd if=/dev/zero of={a}/fill bs=1M count=192 2>&1; dd if=/dev/zero of={b}/fill bs=1M count=192 2>&1; stat -c 'SIZE %s' {a}/fill {b}/fill",
-                a = a.display(),
-                b = b.display()
-            ),
-        );
+        let targets = [
+            a.join("fill"),
+            b.join("fill"),
+            s.join("fill"),
+            "/tmp/fill".into(),
+            "/dev/shm/fill".into(),
+        ];
+        let script: String = targets
+            .iter()
+            .map(|f| format!("dd if=/dev/zero of={} bs=1M count=96 2>&1; ", f.display()))
+            .chain(
+                targets
+                    .iter()
+                    .map(|f| format!("stat -c 'SIZE %s' {}; ", f.display())),
+            )
+            .collect();
+        let r = t.sh(&p, &script);
         assert!(r.stdout.contains("No space left on device"), "{m:?}: {r:?}");
-        let total: u64 = r
+        let sizes: Vec<u64> = r
             .stdout
             .lines()
             .filter_map(|l| l.strip_prefix("SIZE "))
             .filter_map(|n| n.trim().parse::<u64>().ok())
-            .sum();
-        assert!(total <= 256 << 20, "{m:?}: {total} bytes in the two caches");
+            .collect();
+        assert_eq!(sizes.len(), targets.len(), "{m:?}: {r:?}");
+        let total: u64 = sizes.iter().sum();
         assert!(
-            !a.join("fill").exists() && !b.join("fill").exists(),
-            "{m:?}: the host's cache was written"
+            total <= 256 << 20,
+            "{m:?}: {total} bytes in the task's memory"
         );
+        for d in [&a, &b, &s] {
+            assert!(
+                !d.join("fill").exists(),
+                "{m:?}: the host's {} was written",
+                d.display()
+            );
+        }
     }
 }
 

@@ -88,15 +88,15 @@ pub struct MountPlan<'a> {
     pub overlay: Option<(&'a Path, &'a Path)>,
     /// The entries of `/`, if listed ahead ([`list_tops`]); else listed when needed.
     pub tops: Option<&'a [(PathBuf, Top)]>,
-    /// The most each of the task's `/tmp` and `/dev/shm` may hold (the
-    /// profile's `memory`): a tmpfs is RAM that no rlimit counts, and its
-    /// default is half the host's.
+    /// The most the task's `/tmp`, `/dev/shm`, scratch trees and cache
+    /// layers may hold together (the profile's `memory`; see `Store`): a
+    /// tmpfs is RAM that no rlimit counts, and its default is half the host's.
     pub tmp_size: Option<u64>,
-    /// Scratch trees: an empty tmpfs of the task's over each (see
-    /// `FsSpec::scratch`), capped like `/tmp`.
+    /// Scratch trees: an empty directory of the task's store over each
+    /// (see `FsSpec::scratch`).
     pub scratch: &'a [PathBuf],
     /// Cache trees: the host's directory under a throwaway layer of the
-    /// task's (see `FsSpec::cache`), capped like `/tmp`.
+    /// task's, in its store (see `FsSpec::cache`).
     pub cache: &'a [PathBuf],
 }
 
@@ -116,23 +116,7 @@ fn overmount_tmpfs(
     read_only: bool,
     empty: Option<&mut Option<PathBuf>>,
 ) -> Result<(), NativeError> {
-    use std::os::fd::AsRawFd as _;
-    // Outermost first; a tree inside one already held comes back with it
-    // (the bind is recursive).
-    let mut inside: Vec<&PathBuf> = keep
-        .iter()
-        .filter(|k| within(k, target) && k.as_os_str() != target.as_os_str())
-        .collect();
-    inside.sort_by_key(|k| k.components().count());
-    let mut held: Vec<(PathBuf, std::os::fd::OwnedFd)> = Vec::new();
-    for k in inside {
-        if held.iter().any(|(h, _)| within(k, h)) {
-            continue;
-        }
-        if let Some(fd) = open_path(k) {
-            held.push((k.clone(), fd));
-        }
-    }
+    let held = hold(target, keep);
     // With nothing to bind back in, read-only from the start: one mount
     // instead of a mount and a remount.
     if held.is_empty() {
@@ -156,7 +140,44 @@ fn overmount_tmpfs(
         return mnt(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data));
     }
     mnt(Some("tmpfs"), target, Some("tmpfs"), base, Some(data))?;
-    for (path, fd) in &held {
+    bind_back(&held)?;
+    if read_only {
+        mnt(
+            None,
+            target,
+            None,
+            base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            Some(data),
+        )?;
+    }
+    Ok(())
+}
+
+/// The granted trees strictly beneath `target`, opened before something
+/// covers it (outermost first; a tree inside one already held comes back
+/// with it, the bind being recursive).
+fn hold(target: &Path, keep: &[PathBuf]) -> Vec<(PathBuf, std::os::fd::OwnedFd)> {
+    let mut inside: Vec<&PathBuf> = keep
+        .iter()
+        .filter(|k| within(k, target) && k.as_os_str() != target.as_os_str())
+        .collect();
+    inside.sort_by_key(|k| k.components().count());
+    let mut held: Vec<(PathBuf, std::os::fd::OwnedFd)> = Vec::new();
+    for k in inside {
+        if held.iter().any(|(h, _)| within(k, h)) {
+            continue;
+        }
+        if let Some(fd) = open_path(k) {
+            held.push((k.clone(), fd));
+        }
+    }
+    held
+}
+
+/// Binds each held tree back at its path (made afresh in what covers it).
+fn bind_back(held: &[(PathBuf, std::os::fd::OwnedFd)]) -> Result<(), NativeError> {
+    use std::os::fd::AsRawFd as _;
+    for (path, fd) in held {
         let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
         if std::fs::metadata(&src).map(|m| m.is_dir()).unwrap_or(false) {
             std::fs::create_dir_all(path).map_err(|source| NativeError::Setup {
@@ -183,16 +204,125 @@ fn overmount_tmpfs(
             None,
         )?;
     }
-    if read_only {
-        mnt(
-            None,
-            target,
-            None,
-            base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            Some(data),
-        )?;
-    }
     Ok(())
+}
+
+/// Covers `target` with a directory of the task's store (by descriptor),
+/// with `flags` (e.g. `noexec`), carrying over the granted trees beneath it.
+fn cover_from_store(
+    target: &Path,
+    dir: &std::os::fd::OwnedFd,
+    keep: &[PathBuf],
+    flags: MsFlags,
+) -> Result<(), NativeError> {
+    let held = hold(target, keep);
+    bind_store_dir(dir, target, flags)?;
+    bind_back(&held)
+}
+
+/// Binds a directory of the store on `target`, then applies `flags`.
+fn bind_store_dir(
+    dir: &std::os::fd::OwnedFd,
+    target: &Path,
+    flags: MsFlags,
+) -> Result<(), NativeError> {
+    use std::os::fd::AsRawFd as _;
+    let src = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    mnt(Some(&src), target, None, MsFlags::MS_BIND, None)?;
+    mnt(
+        None,
+        target,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None,
+    )
+}
+
+/// Everything the task holds in memory, in one tmpfs capped at its memory
+/// limit: its `/tmp`, `/dev/shm`, scratch trees and the upper layers of its
+/// cache trees are directories of it, so together they hold at most that
+/// much (no rlimit counts tmpfs pages, and one tmpfs each would multiply
+/// the cap). Mounted on `/tmp`, whose own directory is then bound over it:
+/// the store's root, and the other directories in it, are out of reach.
+struct Store {
+    shm: Option<std::os::fd::OwnedFd>,
+    scratch: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+    /// The cache trees to layer.
+    caches: Vec<CacheLayer>,
+}
+
+impl Store {
+    /// Makes the store and the task's `/tmp` from it.
+    fn make(p: &MountPlan<'_>) -> Result<Self, NativeError> {
+        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+        let setup = |what: String, source: std::io::Error| NativeError::Setup { what, source };
+        // Looked at and opened before the store covers /tmp, in which any
+        // of them may lie.
+        let mut lowers = Vec::new();
+        for c in p.cache.iter().filter(|c| own_tree(c)) {
+            let Ok(meta) = std::fs::metadata(c) else {
+                continue;
+            };
+            let fd = open_path(c).ok_or_else(|| {
+                setup(
+                    format!("open the cache tree {}", c.display()),
+                    std::io::Error::last_os_error(),
+                )
+            })?;
+            lowers.push((c.clone(), meta.mode() & 0o7777, fd));
+        }
+        let scratch: Vec<&PathBuf> = p.scratch.iter().filter(|s| own_tree(s)).collect();
+        let shm = Path::new("/dev/shm").is_dir();
+        let held = hold(Path::new("/tmp"), p.keep);
+        let root = Path::new("/tmp");
+        mnt(
+            Some("tmpfs"),
+            root,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&tmpfs_options("755", p.tmp_size)),
+        )?;
+        let dir = |name: &str, mode: u32| -> Result<std::os::fd::OwnedFd, NativeError> {
+            let d = root.join(name);
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(&d)
+                .map_err(|e| setup(format!("make {} in the task's store", d.display()), e))?;
+            // The mode exactly (the umask narrows what mkdir is given).
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(|e| setup(format!("chmod {}", d.display()), e))?;
+            open_path(&d).ok_or_else(|| {
+                setup(
+                    format!("open {}", d.display()),
+                    std::io::Error::last_os_error(),
+                )
+            })
+        };
+        let tmp = dir("tmp", 0o1777)?;
+        let shm = if shm { Some(dir("shm", 0o1777)?) } else { None };
+        let scratch = scratch
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Ok((s.clone(), dir(&format!("scratch{i}"), 0o700)?)))
+            .collect::<Result<Vec<_>, NativeError>>()?;
+        let caches = lowers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (c, mode, lower))| {
+                // The layered tree's root takes the upper's mode: the host's.
+                let upper = dir(&format!("upper{i}"), mode)?;
+                let work = dir(&format!("work{i}"), 0o700)?;
+                Ok((c, [upper, work], lower))
+            })
+            .collect::<Result<Vec<_>, NativeError>>()?;
+        bind_store_dir(&tmp, root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+        bind_back(&held)?;
+        Ok(Self {
+            shm,
+            scratch,
+            caches,
+        })
+    }
 }
 
 /// Builds the task's filesystem view inside its fresh mount namespace:
@@ -292,24 +422,21 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
         )?;
         super::stage::mark("snapshot");
     }
-    // Like the workspace's, before everything is made read-only and
-    // before the masks, which then lie over the layered view.
-    let layered = layer_caches(p.cache, p.tmp_size)?;
-    let writable: Vec<PathBuf> = p.write.iter().chain(&layered).cloned().collect();
-    read_only_root(&writable)?;
+    read_only_root(p.write)?;
+    // The task's own trees, all from one capped tmpfs (see `Store`), made
+    // after the root went read-only (new mounts are writable).
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let data = tmpfs_options("1777", p.tmp_size);
-    overmount_tmpfs(Path::new("/tmp"), p.keep, hard, &data, false, None)?;
-    if Path::new("/dev/shm").is_dir() {
-        overmount_tmpfs(
+    let store = Store::make(p)?;
+    if let Some(shm) = &store.shm {
+        cover_from_store(
             Path::new("/dev/shm"),
+            shm,
             p.keep,
             hard | MsFlags::MS_NOEXEC,
-            &data,
-            false,
-            None,
         )?;
     }
+    // Before the masks, which then lie over the layered view.
+    layer_caches(&store.caches)?;
     let mut later = Deferred::default();
     let p = MountPlan {
         protect: &protect,
@@ -319,75 +446,31 @@ pub fn prepare_view(p: &MountPlan<'_>) -> Result<Deferred, NativeError> {
     // Last, over what the hiding bound back (a scratch tree is kept like a
     // granted one, so its directory is there) and any mask inside it.
     // A cache tree inside one comes back (bound in from the layered view).
-    let data = tmpfs_options("700", p.tmp_size);
-    for s in p.scratch.iter().filter(|s| own_tree(s)) {
-        overmount_tmpfs(s, p.cache, hard, &data, false, None)?;
+    for (s, dir) in &store.scratch {
+        cover_from_store(s, dir, p.cache, hard)?;
     }
     Ok(later)
 }
 
-/// Lays a throwaway layer of the task's over each existing cache tree: an
-/// overlay whose lower layer is the host's directory and whose upper one
-/// lives in a tmpfs of the task's. The host's files are read as they are;
-/// every write, new file or deletion lands in the tmpfs and goes with the
-/// task. One tmpfs (capped at `size`) holds every tree's upper layer, so
-/// their writes share one cap: it is mounted on the first tree, whose
-/// overlay then covers it. Layers are named by descriptor, so no path text
-/// reaches the mount options (a `,` or `:` in a home directory would split
-/// them). Returns the trees it layered: only those may be made writable.
-fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<Vec<PathBuf>, NativeError> {
+/// A cache tree, its (upper, work) directories in the store and the host's
+/// directory (its lower layer), opened before anything covered it.
+type CacheLayer = (PathBuf, [std::os::fd::OwnedFd; 2], std::os::fd::OwnedFd);
+
+/// Lays a throwaway layer of the task's over each cache tree the store
+/// made room for: an overlay whose lower layer is the host's directory and
+/// whose upper one is in the store. The host's files are read as they are;
+/// every write, new file or deletion lands in the store and goes with the
+/// task. Layers are named by descriptor, so no path text reaches the mount
+/// options (a `,` or `:` in a home directory would split them).
+fn layer_caches(caches: &[CacheLayer]) -> Result<(), NativeError> {
     use std::os::fd::AsRawFd as _;
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    let setup = |what: &str, c: &Path, source: std::io::Error| NativeError::Setup {
-        what: format!("{what} for the cache tree {}", c.display()),
-        source,
-    };
-    // Every lower layer is opened first: the tmpfs covers the first tree,
-    // and a later one may lie inside it.
-    let mut lowers = Vec::new();
-    for c in caches.iter().filter(|c| own_tree(c)) {
-        let Ok(meta) = std::fs::metadata(c) else {
-            continue;
-        };
-        let fd = open_path(c).ok_or_else(|| setup("open", c, std::io::Error::last_os_error()))?;
-        lowers.push((c, meta.mode() & 0o7777, fd));
-    }
-    let Some(&(first, ..)) = lowers.first() else {
-        return Ok(Vec::new());
-    };
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mnt(
-        Some("tmpfs"),
-        first,
-        Some("tmpfs"),
-        hard,
-        Some(&tmpfs_options("700", size)),
-    )?;
-    // All made before any overlay covers the tmpfs.
-    let mut dirs = Vec::with_capacity(lowers.len());
-    for (i, (c, mode, _)) in lowers.iter().enumerate() {
-        let mut pair = Vec::with_capacity(2);
-        for name in ["upper", "work"] {
-            let d = first.join(format!("{name}{i}"));
-            std::fs::DirBuilder::new()
-                // The layered tree's root takes the upper's mode: the host's.
-                .mode(*mode)
-                .create(&d)
-                .map_err(|e| setup("make the layer", c, e))?;
-            pair.push(
-                open_path(&d)
-                    .ok_or_else(|| setup("open the layer", c, std::io::Error::last_os_error()))?,
-            );
-        }
-        dirs.push(pair);
-    }
-    let mut layered = Vec::with_capacity(lowers.len());
-    for ((c, _, lower), pair) in lowers.iter().zip(&dirs) {
+    for (c, [upper, work], lower) in caches {
         let opts = format!(
             "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr,volatile",
             lower.as_raw_fd(),
-            pair[0].as_raw_fd(),
-            pair[1].as_raw_fd()
+            upper.as_raw_fd(),
+            work.as_raw_fd()
         );
         mount(Some("overlay"), c.as_path(), Some("overlay"), hard, Some(opts.as_str())).map_err(
             |e| NativeError::Setup {
@@ -401,9 +484,8 @@ fn layer_caches(caches: &[PathBuf], size: Option<u64>) -> Result<Vec<PathBuf>, N
                 )),
             },
         )?;
-        layered.push((*c).clone());
     }
-    Ok(layered)
+    Ok(())
 }
 
 /// Whether the view gives the task a tree of its own at `c`, a scratch or
@@ -776,7 +858,7 @@ fn set_read_only(path: &Path, read_only: bool, recursive: bool) -> Result<(), Na
 /// chown, utimes or xattrs outside the writable trees; a read-only mount does.
 fn read_only_root(write: &[PathBuf]) -> Result<(), NativeError> {
     use std::os::fd::AsRawFd as _;
-    // Not rebound: /tmp and /dev/shm themselves (fresh tmpfs mounts replace
+    // Not rebound: /tmp and /dev/shm themselves (the task's store replaces
     // them) and device files (writing a device works on a read-only mount).
     let held: Vec<_> = write
         .iter()
