@@ -581,8 +581,8 @@ impl Profile {
             // are dropped: each is checked against the denies below.
             let read = paths(src, "filesystem.read", fs.read)?;
             let write = paths(src, "filesystem.write", fs.write)?;
-            let scratch = paths(src, "filesystem.scratch", fs.scratch)?;
-            let cache = paths(src, "filesystem.cache", fs.cache)?;
+            let scratch = own_trees(src, "filesystem.scratch", fs.scratch)?;
+            let cache = own_trees(src, "filesystem.cache", fs.cache)?;
             let asked: Vec<(&str, PathTemplate, Range<usize>)> = read
                 .iter()
                 .map(|p| ("filesystem.read", p.0.clone(), p.1.clone()))
@@ -1046,6 +1046,34 @@ fn paths(
                 .map_err(|m| src.error(span, field, m))
         })
         .collect()
+}
+
+/// Scratch or cache trees: paths, but none of the trees that are the
+/// kernel's or the task's own (the view replaces `/proc`, and a layer over
+/// `/sys`, `/dev` or all of `/` would either fail or mean nothing).
+fn own_trees(
+    src: &Source,
+    field: &str,
+    list: Option<PathList>,
+) -> Result<Vec<(PathTemplate, Range<usize>)>, ProfileError> {
+    let trees = paths(src, field, list)?;
+    for (t, span) in &trees {
+        let p = t.as_str().trim_end_matches('/');
+        let system = ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|s| p == *s || p.strip_prefix(s).is_some_and(|r| r.starts_with('/')));
+        if p.is_empty() || system {
+            return Err(src.error(
+                span.clone(),
+                field,
+                format!(
+                    "`{}` cannot be a tree of the task's own: it is the whole filesystem or one of the kernel's (/proc, /sys, /dev). Hint: name a directory of ordinary files",
+                    t.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(trees)
 }
 
 fn host_pattern(src: &Source, field: &str, h: &Spanned<String>) -> Result<String, ProfileError> {

@@ -351,6 +351,28 @@ fn a_cache_tree_widens_only_what_was_not_readable_and_the_hosts_write_wins() {
         e.contains("filesystem.cache") && e.contains("lies under the deny"),
         "{e}"
     );
+    for (field, path) in [
+        ("cache", "/proc/sys"),
+        ("scratch", "/dev"),
+        ("cache", "/sys/fs"),
+        ("scratch", "/"),
+    ] {
+        let e = err(&format!("[filesystem]\n{field} = [\"{path}\"]\n"));
+        assert!(
+            e.contains(&format!("filesystem.{field}"))
+                && e.contains("cannot be a tree of the task's own"),
+            "{path}: {e}"
+        );
+    }
+    // A name that merely starts like one is fine.
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("ok.toml");
+    std::fs::write(
+        &f,
+        "extends = \"explore\"\n[filesystem]\ncache = [\"/devcache\"]\n",
+    )
+    .unwrap();
+    Catalog::new(None).load(f.to_str().unwrap(), None).unwrap();
 }
 
 #[test]
