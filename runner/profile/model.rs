@@ -226,6 +226,13 @@ pub struct FsPolicy {
     pub cache: Vec<PathTemplate>,
 }
 
+impl FsPolicy {
+    /// Whether a `read` or `write` grant covers `t`.
+    fn readable(&self, t: &PathTemplate) -> bool {
+        self.read.iter().chain(&self.write).any(|r| r.covers(t))
+    }
+}
+
 /// `[network]`, merged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetPolicy {
@@ -614,25 +621,13 @@ impl Profile {
                 if self.fs.cache.contains(&p.0) {
                     continue;
                 }
-                if !self
-                    .fs
-                    .read
-                    .iter()
-                    .chain(&self.fs.write)
-                    .any(|r| r.covers(&p.0))
-                {
+                if !self.fs.readable(&p.0) {
                     push(widen("filesystem.cache", p.0.as_str().to_owned(), &p.1));
                 }
                 self.fs.cache.push(p.0);
             }
             for p in read {
-                if !self
-                    .fs
-                    .read
-                    .iter()
-                    .chain(&self.fs.write)
-                    .any(|r| r.covers(&p.0))
-                {
+                if !self.fs.readable(&p.0) {
                     push(widen("filesystem.read", p.0.as_str().to_owned(), &p.1));
                     self.fs.read.push(p.0);
                 }

@@ -21,6 +21,15 @@ fn base() -> Source {
     }
 }
 
+/// Workspace `/w`, home `/h`, tmp `/tmp`.
+fn vars() -> PathVars {
+    PathVars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/tmp".into(),
+    }
+}
+
 fn err(text: &str) -> String {
     Profile::from_layers(&[base(), src("bad", &format!("extends = \"base\"\n{text}"))])
         .unwrap_err()
@@ -262,11 +271,7 @@ fn diff_shows_what_each_grants() {
 #[test]
 fn resolve_substitutes_and_scrubs_env() {
     let p = Catalog::new(None).load("explore", None).unwrap();
-    let vars = PathVars {
-        workspace: "/w".into(),
-        home: "/h".into(),
-        tmp: "/tmp".into(),
-    };
+    let vars = vars();
     let s = p.resolve(
         &vars,
         &[
@@ -291,11 +296,7 @@ fn a_scratch_tree_granted_as_the_hosts_is_the_hosts_and_that_widens() {
     )
     .unwrap();
     let p = Catalog::new(None).load(f.to_str().unwrap(), None).unwrap();
-    let vars = PathVars {
-        workspace: "/w".into(),
-        home: "/h".into(),
-        tmp: "/tmp".into(),
-    };
+    let vars = vars();
     let s = p.resolve(&vars, &[]);
     assert!(s.fs.write.contains(&"/h/.cache".into()));
     assert_eq!(
@@ -330,11 +331,7 @@ fn a_cache_tree_widens_only_what_was_not_readable_and_the_hosts_write_wins() {
         .collect();
     // ~/.cargo is readable in base; ~/.npm and ~/.m2 are not.
     assert_eq!(cache, ["{home}/.npm", "{home}/.m2"], "{:?}", p.widenings);
-    let vars = PathVars {
-        workspace: "/w".into(),
-        home: "/h".into(),
-        tmp: "/tmp".into(),
-    };
+    let vars = vars();
     let s = p.resolve(&vars, &[]);
     // A tree also granted as the host's is the host's.
     assert_eq!(
@@ -378,11 +375,7 @@ fn a_cache_tree_widens_only_what_was_not_readable_and_the_hosts_write_wins() {
 #[test]
 fn build_reads_the_package_caches_through_a_layer_and_writes_none_of_the_hosts() {
     let p = Catalog::new(None).load("build", None).unwrap();
-    let vars = PathVars {
-        workspace: "/w".into(),
-        home: "/h".into(),
-        tmp: "/tmp".into(),
-    };
+    let vars = vars();
     let s = p.resolve(&vars, &[]);
     assert!(
         s.fs.cache.contains(&"/h/.cargo/registry".into()),

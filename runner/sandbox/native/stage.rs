@@ -1126,8 +1126,8 @@ fn landlock_inputs(
     // `/tmp` (capped at its memory limit, gone with it), and POSIX
     // semaphores and shared memory live there: Python's multiprocessing
     // locks and Chromium need it. Without, it would be the host's.
-    // Scratch trees likewise (an empty tmpfs over each); without
-    // namespaces they are not granted at all.
+    // Scratch trees likewise (an empty directory of the task's in-memory
+    // store over each); without namespaces they are not granted at all.
     // Cache trees: written through the task's layer with namespaces (for
     // those the view layers: a directory, not a file); without, the
     // host's, so read-only.
