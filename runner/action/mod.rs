@@ -718,7 +718,7 @@ pub fn run(req: RunRequest) -> Result<RunReport, ActionError> {
             }
             let status = match outcome.limit_hit {
                 Some(LimitHit::Wall) => EXIT_TIMEOUT,
-                Some(LimitHit::Output) | None => outcome.exit.status(),
+                Some(LimitHit::Output | LimitHit::Disk) | None => outcome.exit.status(),
             };
             record.lifecycle = Lifecycle::Ran { status };
             state.save(&record)?;

@@ -168,6 +168,18 @@ fn summarize(r: &RunReport, json: bool, open_line: bool) {
                 "taskbox: task {} stopped: output limit reached after {} bytes",
                 r.task, o.usage.output_bytes
             ),
+            Some(crate::sandbox::LimitHit::Disk) => eprintln!(
+                "taskbox: task {} stopped: a disk it writes had less free space left than limits.disk_free{}",
+                r.task,
+                if r.changeset.is_some() {
+                    format!(
+                        ". Its changes are kept: `taskbox task discard {}` frees them",
+                        r.task
+                    )
+                } else {
+                    String::new()
+                }
+            ),
             None => {}
         }
         if !json && !o.enforcement.notes.is_empty() {

@@ -196,6 +196,7 @@ fn limits_words(l: &Limits) -> String {
         output,
         file_size,
         open_files,
+        disk_free,
     } = l;
     let d = |v: &Option<std::time::Duration>| {
         v.map_or("unlimited".into(), |d| {
@@ -209,14 +210,18 @@ fn limits_words(l: &Limits) -> String {
     };
     let n = |v: &Option<u64>| v.map_or("unlimited".into(), |n| n.to_string());
     format!(
-        "wall {}, cpu {}, memory {}, processes {}, output {}, file size {}, open files {}",
+        "wall {}, cpu {}, memory {}, processes {}, output {}, file size {}, open files {}, disk left free {}",
         d(wall),
         d(cpu),
         s(memory),
         n(processes),
         s(output),
         s(file_size),
-        n(open_files)
+        n(open_files),
+        match disk_free {
+            None | Some(0) => "none".into(),
+            b => s(b),
+        }
     )
 }
 
@@ -312,6 +317,11 @@ fn one_way(o: &mut String, a: &Profile, b: &Profile) {
         if more(x, y) {
             line(format!("a higher {name} limit"));
         }
+    }
+    // A floor: leaving less free is the wider grant (no floor, or 0, least).
+    let floor = |v: Option<u64>| v.unwrap_or(0);
+    if floor(la.disk_free) < floor(lb.disk_free) {
+        line("a lower floor of free disk space".into());
     }
     if !a.approval_required && b.approval_required {
         line("running without approval".into());

@@ -311,6 +311,9 @@ pub struct Limits {
     pub file_size: Option<u64>,
     /// Open descriptors per process.
     pub open_files: Option<u64>,
+    /// Free bytes the task must leave on each disk it writes (the task is
+    /// stopped below this); `Some(0)` is no floor.
+    pub disk_free: Option<u64>,
 }
 
 /// `[require]`, merged: the enforcement floor.
@@ -846,6 +849,7 @@ impl Profile {
             output,
             file_size,
             open_files,
+            disk_free,
         } = l;
         if wall.is_none()
             && cpu.is_none()
@@ -854,6 +858,7 @@ impl Profile {
             && output.is_none()
             && file_size.is_none()
             && open_files.is_none()
+            && disk_free.is_none()
         {
             return Err(empty_section(src, "limits", span));
         }
@@ -916,6 +921,15 @@ impl Profile {
             &mut lim.open_files,
             widen,
         );
+        // A floor: lowering it is what widens.
+        if let Some((v, span)) = size("limits.disk_free", disk_free)? {
+            if let Some(old) = lim.disk_free
+                && v < old
+            {
+                widen("limits.disk_free", format!("{old:?} -> {v:?}"), &span);
+            }
+            lim.disk_free = Some(v);
+        }
         Ok(())
     }
 
@@ -1190,7 +1204,8 @@ fn parse_size(src: &Source, field: &str, s: Spanned<String>) -> Result<u64, Prof
             ),
         )
     })?;
-    if v.as_u64() == 0 {
+    // A floor of 0 is no floor; a zero cap stops everything.
+    if v.as_u64() == 0 && field != "limits.disk_free" {
         return Err(src.error(
             s.span(),
             field,

@@ -215,6 +215,10 @@ pub struct LimitsToml {
     /// Maximum open file descriptors per process.
     #[schemars(with = "Option<u64>")]
     pub open_files: Option<Spanned<u64>>,
+    /// Free space the task must leave on each filesystem its writes reach
+    /// on disk, e.g. `1GiB` (`0`: no floor).
+    #[schemars(with = "Option<String>")]
+    pub disk_free: Option<Spanned<String>>,
 }
 
 /// `[approval]`

@@ -91,6 +91,8 @@ pub struct LimitSpec {
     pub file_size: Option<u64>,
     /// Open descriptors.
     pub open_files: Option<u64>,
+    /// Free bytes to leave on each disk the task writes (0: none).
+    pub disk_free: Option<u64>,
 }
 
 /// Enforcement floor.
@@ -188,6 +190,7 @@ impl Profile {
             output,
             file_size,
             open_files,
+            disk_free,
         } = *limits;
         SandboxSpec {
             workspace: ws.clone(),
@@ -232,6 +235,7 @@ impl Profile {
                 output,
                 file_size,
                 open_files,
+                disk_free: disk_free.filter(|b| *b > 0),
             },
             require: RequireSpec {
                 landlock_abi: require.landlock_abi,

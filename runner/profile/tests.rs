@@ -232,6 +232,38 @@ fn narrowing_is_not_a_widening() {
 }
 
 #[test]
+fn the_disk_floor_widens_when_lowered_and_narrows_when_raised() {
+    // A floor runs the other way from the other limits: less left free is
+    // the wider grant.
+    let lower = src("low", "extends = \"base\"\n[limits]\ndisk_free = \"0\"\n");
+    let p = Profile::from_layers(&[base(), lower]).unwrap();
+    let fields: Vec<&str> = p.widenings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(fields, ["limits.disk_free"]);
+    assert_eq!(p.limits.disk_free, Some(0));
+    assert!(
+        explain(&p).contains("disk left free none"),
+        "{}",
+        explain(&p)
+    );
+    let higher = src(
+        "high",
+        "extends = \"base\"\n[limits]\ndisk_free = \"8GiB\"\n",
+    );
+    let q = Profile::from_layers(&[base(), higher]).unwrap();
+    assert!(q.widenings.is_empty(), "{:?}", q.widenings);
+    assert!(
+        explain(&q).contains("disk left free 8.0 GiB"),
+        "{}",
+        explain(&q)
+    );
+    let d = crate::profile::diff(&p, &q);
+    assert!(d.contains("a lower floor of free disk space"), "{d}");
+    // The spec a backend gets has no floor for 0, and the floor otherwise.
+    assert_eq!(p.resolve(&vars(), &[]).limits.disk_free, None);
+    assert_eq!(q.resolve(&vars(), &[]).limits.disk_free, Some(8 << 30));
+}
+
+#[test]
 fn an_untrusted_profile_may_only_narrow() {
     let mut child = src(
         "ws",

@@ -56,6 +56,8 @@ pub enum LimitHit {
     Wall,
     /// Output exceeded `[limits] output`.
     Output,
+    /// A disk the task writes had less free than `[limits] disk_free`.
+    Disk,
 }
 
 /// Resource usage of the whole task (all processes).

@@ -744,3 +744,91 @@ fn a_low_open_files_limit_leaves_the_landlock_rules_whole() {
         );
     }
 }
+
+/// Free bytes on the filesystem of `p`, read from outside the sandbox.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    #[allow(
+        clippy::useless_conversion,
+        reason = "field types differ between targets"
+    )]
+    let free = u64::from(s.blocks_available()) * u64::from(s.fragment_size());
+    free
+}
+
+/// Unmounts the test's small filesystem, even when an assert fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_task_that_fills_the_disk_is_stopped_at_the_floor() {
+    // No rlimit bounds what a task writes in total. The state dir (the
+    // overlay's upper layer, or the task's tmp without namespaces) is put
+    // on a 200 MiB filesystem; the task writes 1 MiB every 10 ms, 180 MiB
+    // in all, under a 150 MiB floor: it must be stopped with about 50 MiB
+    // written, the filesystem far from full.
+    if !nix::unistd::getuid().is_root() {
+        eprintln!(
+            "SKIP a_task_that_fills_the_disk_is_stopped_at_the_floor: needs root (it mounts a small tmpfs as the state dir)"
+        );
+        return;
+    }
+    for m in Mode::ALL {
+        let t = TestBox::new(m);
+        nix::mount::mount(
+            Some("tmpfs"),
+            &t.state,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=200m,mode=0755"),
+        )
+        .unwrap();
+        let _unmount = Unmount(t.state.clone());
+        t.own(&t.state);
+        let p = t.profile(
+            "floor",
+            &format!(
+                "extends = \"{}\"\n[limits]\nwall = \"30s\"\ndisk_free = \"150MiB\"\n",
+                t.base()
+            ),
+        );
+        // The workspace's overlay with namespaces, the task's tmp without.
+        let dir = if t.has_ns() { "." } else { "$TMPDIR" };
+        let r = t.sh(
+            &p,
+            &format!(
+                "for i in $(seq 180); do head -c 1048576 /dev/zero > {dir}/fill$i || exit 3; sleep 0.01; done; echo WROTE-ALL"
+            ),
+        );
+        r.code(137);
+        assert!(!r.stdout.contains("WROTE-ALL"), "{m:?}: {r:?}");
+        assert_eq!(r.json()["outcome"]["limit_hit"], "disk", "{m:?}: {r:?}");
+        assert!(r.stderr.contains("limits.disk_free"), "{m:?}: {r:?}");
+        let free = free_bytes(&t.state);
+        assert!(
+            free > 120 << 20,
+            "{m:?}: {} MiB left free: the task was not stopped at the floor",
+            free >> 20
+        );
+        assert!(
+            !t.ws.join("fill1").exists(),
+            "{m:?}: the real workspace was written"
+        );
+        if t.has_ns() {
+            // Its changes are kept (under the floor now): the next task is
+            // refused before it starts, and says why.
+            let r = t.sh(&p, "touch ran");
+            r.code(126);
+            assert!(
+                r.stderr.contains("less than limits.disk_free"),
+                "{m:?}: {r:?}"
+            );
+            assert!(!t.ws.join("ran").exists());
+        }
+    }
+}

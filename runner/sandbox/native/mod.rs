@@ -11,6 +11,7 @@
 //! changeset reader and `getrandom` for task ids.
 
 mod cpu;
+mod disk;
 mod landlock;
 mod ns;
 mod plan;

@@ -1028,6 +1028,8 @@ struct Prepared {
     landlock: Option<SharedLandlock>,
     /// Directories listed and opened for the carve ahead of the plan.
     listings: Vec<ll::Listing>,
+    /// The filesystems the task writes on disk, for `[limits] disk_free`.
+    disks: super::disk::Disks,
 }
 
 /// A Landlock ruleset the stage and pid 1 fill together (its descriptor is
@@ -1232,6 +1234,20 @@ impl Prepared {
             );
             inherited.push((f.env.clone(), fd));
         }
+        let disks = super::disk::Disks::of(plan);
+        if let Some((path, free, floor)) = disks.short() {
+            return Err((
+                126,
+                NativeError::Requirement {
+                    missing: format!(
+                        "the filesystem of {} has {} free, less than limits.disk_free ({}): the task could fill it. Hint: free space there (`taskbox task discard` frees a task's kept changes), or lower limits.disk_free",
+                        path.display(),
+                        super::disk::words(free),
+                        super::disk::words(floor)
+                    ),
+                },
+            ));
+        }
         Ok(Self {
             hidden,
             keep,
@@ -1240,6 +1256,7 @@ impl Prepared {
             tmp_made,
             landlock: None,
             listings,
+            disks,
         })
     }
 }
@@ -1294,6 +1311,7 @@ fn init(
         tmp_made,
         landlock: shared,
         mut listings,
+        disks,
     } = ahead;
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
@@ -1429,6 +1447,7 @@ fn init(
     let mut status: Option<Exit> = None;
     let mut limit = None;
     let started = START.get().copied().unwrap_or_else(Instant::now);
+    let mut disk_due = disks.watched().then(|| Instant::now() + super::disk::EVERY);
     let mut leases: Vec<(String, Instant)> = plan
         .secret_files
         .iter()
@@ -1458,13 +1477,23 @@ fn init(
             }
             return Ok(code);
         }
-        // A file credential whose lease ends before the deadline wakes us first.
+        // A file credential whose lease ends before the deadline wakes us
+        // first, and so does the next look at the disks.
         let next_lease = leases.iter().map(|(_, at)| *at).min();
-        let wake = match (deadline, next_lease) {
-            (Some(d), Some(l)) => Some(d.min(l)),
-            (d, l) => d.or(l),
-        };
+        let wake = [deadline, next_lease, disk_due].into_iter().flatten().min();
         let woke = wait_signal(&set, wake);
+        // Whatever woke us (a task that keeps forking sends SIGCHLD often).
+        if let Some(due) = disk_due
+            && Instant::now() >= due
+        {
+            disk_due = Some(Instant::now() + super::disk::EVERY);
+            if status.is_none() && disks.short().is_some() {
+                limit = Some(LimitHit::Disk);
+                kill_rest(isolation, child);
+                status = Some(Exit::Signal(libc::SIGKILL));
+                continue;
+            }
+        }
         if woke.is_none() && deadline.is_none_or(|d| Instant::now() < d) {
             let now = Instant::now();
             leases.retain(|(name, at)| {
