@@ -42,7 +42,8 @@ impl Disks {
             .map(|o| &o.upper)
             .into_iter()
             .chain(workspace)
-            .chain(&spec.fs.write)
+            // `{tmp}` is the task's own (in memory, or `host_tmp`).
+            .chain(spec.fs.write.iter().filter(|w| !spec.fs.tmp.contains(w)))
             .chain(std::iter::once(&plan.host_tmp));
         let mut probes: Vec<(PathBuf, OwnedFd)> = Vec::new();
         let mut devices = Vec::new();
