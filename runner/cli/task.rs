@@ -79,7 +79,11 @@ fn changes(
     }
     let upper = state.task_dir(&rec.id).upper();
     if !upper.is_dir() {
-        anyhow::bail!("task {} has no changes left ({:?})", rec.id, rec.lifecycle);
+        anyhow::bail!(
+            "task {} has no changes left (it is {})",
+            rec.id,
+            rec.lifecycle.word()
+        );
     }
     Ok(workspace::changeset(&upper, &rec.workspace)?)
 }
@@ -92,11 +96,10 @@ impl TaskCmd {
         match self {
             TaskCmd::List => {
                 for r in state.list()? {
-                    let life = serde_json::to_value(&r.lifecycle)?;
                     println!(
                         "{}  {:<10} {:<13} {:<14} {}",
                         r.id,
-                        life["state"].as_str().unwrap_or("?"),
+                        r.lifecycle.word(),
                         r.profile,
                         r.agent.as_deref().unwrap_or("-"),
                         workspace::display_argv(&r.argv)
@@ -165,9 +168,9 @@ impl TaskCmd {
                 let resuming = state.task_dir(&r.id).root().join("promote.json").exists();
                 if !matches!(r.lifecycle, Lifecycle::Ran { .. }) && !resuming {
                     anyhow::bail!(
-                        "task {} is {:?}: only a finished task can be promoted",
+                        "task {} is {}: only a finished task can be promoted",
                         r.id,
-                        r.lifecycle
+                        r.lifecycle.word()
                     );
                 }
                 let cs = changes(&state, &r)?;
@@ -246,9 +249,9 @@ impl TaskCmd {
                 let mut r = state.load(&id)?;
                 if !matches!(r.lifecycle, Lifecycle::Promoted { .. }) {
                     anyhow::bail!(
-                        "task {} is {:?}: only a promoted task can be reverted",
+                        "task {} is {}: only a promoted task can be reverted",
                         r.id,
-                        r.lifecycle
+                        r.lifecycle.word()
                     );
                 }
                 let commit = workspace::revert(&r.workspace, state.task_dir(&r.id).root())?;
@@ -274,9 +277,9 @@ impl TaskCmd {
                 let mut r = state.load(&id)?;
                 if !matches!(r.lifecycle, Lifecycle::Ran { .. }) {
                     anyhow::bail!(
-                        "task {} is {:?}: only a finished, unpromoted task can be discarded",
+                        "task {} is {}: only a finished, unpromoted task can be discarded",
                         r.id,
-                        r.lifecycle
+                        r.lifecycle.word()
                     );
                 }
                 state.drop_changes(&r.id)?;

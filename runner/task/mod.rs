@@ -128,6 +128,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lifecycle_reads_as_its_state_name() {
+        // What `task list` shows and what the refusals of promote, revert
+        // and discard say (not Rust's debug form).
+        assert_eq!(Lifecycle::Refused { code: 126 }.word(), "refused");
+        assert_eq!(Lifecycle::Ran { status: 0 }.word(), "ran");
+        assert_eq!(Lifecycle::Promoted { commit: None }.word(), "promoted");
+    }
+
+    #[test]
     fn task_ids_are_ulids_of_now_and_never_repeat() {
         let before = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -55,6 +55,16 @@ pub enum Lifecycle {
     },
 }
 
+impl Lifecycle {
+    /// The state's name as `task list` shows it (`ran`, `refused`, ...).
+    pub fn word(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v["state"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "?".into())
+    }
+}
+
 /// A human's approval, bound to the profile and command it was given for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
