@@ -829,6 +829,13 @@ fn a_task_that_fills_the_disk_is_stopped_at_the_floor() {
                 "{m:?}: {r:?}"
             );
             assert!(!t.ws.join("ran").exists());
+            // A task that writes nothing on disk (a read-only workspace,
+            // its tmp in memory) has no disk to watch: it runs.
+            let ro = t.profile(
+                "floor-ro",
+                "extends = \"readonly\"\n[limits]\ndisk_free = \"150MiB\"\n",
+            );
+            t.sh(&ro, "true").code(0);
         }
     }
 }

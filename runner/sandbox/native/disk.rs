@@ -18,20 +18,24 @@ pub(super) const EVERY: Duration = Duration::from_millis(100);
 pub(super) struct Disks {
     floor: u64,
     probes: Vec<(PathBuf, OwnedFd)>,
+    /// The host tmp's filesystem is probed only for that: the task writes
+    /// it only without namespaces.
+    tmp_only: Option<usize>,
 }
 
 impl Disks {
     /// The filesystems of `plan`'s disk-backed writes, if it sets a floor:
     /// the overlay's upper layer, a workspace written in place, the trees
-    /// granted `write` and the task's tmp on the host (used without
-    /// namespaces; the state dir's filesystem, which holds the audit log).
-    /// Each is probed at its nearest existing ancestor (the upper layer is
-    /// made later), once per filesystem.
+    /// granted `write` and the task's tmp on the host (written only
+    /// without namespaces, see [`Disks::with_namespaces`]). Each is probed
+    /// at its nearest existing ancestor (the upper layer is made later),
+    /// once per filesystem.
     pub(super) fn of(plan: &NativePlan) -> Self {
         let Some(floor) = plan.spec.limits.disk_free else {
             return Self {
                 floor: 0,
                 probes: Vec::new(),
+                tmp_only: None,
             };
         };
         let spec = &plan.spec;
@@ -59,7 +63,25 @@ impl Disks {
                 probes.push((p.clone(), fd));
             }
         }
-        Self { floor, probes }
+        // The host tmp comes last: its own entry only if no other write
+        // shares its filesystem.
+        let tmp_only = probes
+            .last()
+            .filter(|(p, _)| *p == plan.host_tmp)
+            .map(|_| probes.len() - 1);
+        Self {
+            floor,
+            probes,
+            tmp_only,
+        }
+    }
+
+    /// With namespaces the task's tmp is in memory: the host tmp's
+    /// filesystem is no longer one the task writes.
+    pub(super) fn with_namespaces(&mut self) {
+        if let Some(i) = self.tmp_only.take() {
+            self.probes.remove(i);
+        }
     }
 
     /// Whether there is anything to watch.

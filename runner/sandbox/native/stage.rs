@@ -1235,19 +1235,6 @@ impl Prepared {
             inherited.push((f.env.clone(), fd));
         }
         let disks = super::disk::Disks::of(plan);
-        if let Some((path, free, floor)) = disks.short() {
-            return Err((
-                126,
-                NativeError::Requirement {
-                    missing: format!(
-                        "the filesystem of {} has {} free, less than limits.disk_free ({}): the task could fill it. Hint: free space there (`taskbox task discard` frees a task's kept changes), or lower limits.disk_free",
-                        path.display(),
-                        super::disk::words(free),
-                        super::disk::words(floor)
-                    ),
-                },
-            ));
-        }
         Ok(Self {
             hidden,
             keep,
@@ -1311,8 +1298,24 @@ fn init(
         tmp_made,
         landlock: shared,
         mut listings,
-        disks,
+        mut disks,
     } = ahead;
+    if isolation == Isolation::Namespaces {
+        disks.with_namespaces();
+    }
+    if let Some((path, free, floor)) = disks.short() {
+        return Err((
+            126,
+            NativeError::Requirement {
+                missing: format!(
+                    "the filesystem of {} has {} free, less than limits.disk_free ({}): the task could fill it. Hint: free space there (`taskbox task discard` frees a task's kept changes), or lower limits.disk_free",
+                    path.display(),
+                    super::disk::words(free),
+                    super::disk::words(floor)
+                ),
+            },
+        ));
+    }
     let mut namespaces = Vec::new();
     let mut proxy_port = None;
     if isolation == Isolation::Namespaces {
