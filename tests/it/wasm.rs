@@ -30,6 +30,30 @@ fn wasm_events(t: &TestBox, r: &Run) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn a_tool_is_held_to_the_disk_floor() {
+    // A tool is the command of a native task: the stage's disk floor
+    // holds for it too. A floor no disk here can meet refuses it before
+    // it runs (the watch while it runs is the same supervisor's).
+    for m in [Mode::Root, Mode::User] {
+        let t = TestBox::new(m);
+        let p = t.profile(
+            "floor",
+            "extends = \"explore\"\n[limits]\ndisk_free = \"1000TiB\"\n",
+        );
+        let r = tool(&t, &p, "wsgrep", &["hello", "."]);
+        r.code(126);
+        assert!(
+            r.stderr.contains("less than limits.disk_free"),
+            "{m:?}: {r:?}"
+        );
+        assert!(
+            !r.stdout.contains("hello.txt"),
+            "{m:?}: the tool ran: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn wsgrep_searches_the_workspace() {
     for m in [Mode::Root, Mode::User] {
         let t = TestBox::new(m);
