@@ -877,6 +877,13 @@ impl Profile {
             })
             .transpose()
         };
+        // A floor of 0 is no floor (a zero cap would stop everything).
+        let floor = disk_free
+            .map(|s| {
+                let sp = s.span();
+                parse_bytes(src, "limits.disk_free", &s).map(|d| (d, sp))
+            })
+            .transpose()?;
         let count = |f: &str, v: Option<Spanned<u64>>| {
             v.map(|s| {
                 let sp = s.span();
@@ -922,7 +929,7 @@ impl Profile {
             widen,
         );
         // A floor: lowering it is what widens.
-        if let Some((v, span)) = size("limits.disk_free", disk_free)? {
+        if let Some((v, span)) = floor {
             if let Some(old) = lim.disk_free
                 && v < old
             {
@@ -1193,7 +1200,8 @@ fn parse_duration(src: &Source, field: &str, s: Spanned<String>) -> Result<Durat
     Ok(d)
 }
 
-fn parse_size(src: &Source, field: &str, s: Spanned<String>) -> Result<u64, ProfileError> {
+/// A size in bytes (`512MiB`, `4GiB`, `0`).
+fn parse_bytes(src: &Source, field: &str, s: &Spanned<String>) -> Result<u64, ProfileError> {
     let v: bytesize::ByteSize = s.get_ref().parse().map_err(|e| {
         src.error(
             s.span(),
@@ -1204,15 +1212,20 @@ fn parse_size(src: &Source, field: &str, s: Spanned<String>) -> Result<u64, Prof
             ),
         )
     })?;
-    // A floor of 0 is no floor; a zero cap stops everything.
-    if v.as_u64() == 0 && field != "limits.disk_free" {
+    Ok(v.as_u64())
+}
+
+/// A size cap: at least one byte.
+fn parse_size(src: &Source, field: &str, s: Spanned<String>) -> Result<u64, ProfileError> {
+    let v = parse_bytes(src, field, &s)?;
+    if v == 0 {
         return Err(src.error(
             s.span(),
             field,
             "a zero size limit would stop every task at once".into(),
         ));
     }
-    Ok(v.as_u64())
+    Ok(v)
 }
 
 fn positive(src: &Source, field: &str, s: Spanned<u64>) -> Result<u64, ProfileError> {

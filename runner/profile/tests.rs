@@ -258,6 +258,15 @@ fn the_disk_floor_widens_when_lowered_and_narrows_when_raised() {
     );
     let d = crate::profile::diff(&p, &q);
     assert!(d.contains("a lower floor of free disk space"), "{d}");
+    // A zero cap, unlike a zero floor, is refused.
+    let zero = src("zero", "extends = \"base\"\n[limits]\nmemory = \"0\"\n");
+    let e = Profile::from_layers(&[base(), zero])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("limits.memory") && e.contains("zero size limit"),
+        "{e}"
+    );
     // The spec a backend gets has no floor for 0, and the floor otherwise.
     assert_eq!(p.resolve(&vars(), &[]).limits.disk_free, None);
     assert_eq!(q.resolve(&vars(), &[]).limits.disk_free, Some(8 << 30));

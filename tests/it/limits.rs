@@ -599,7 +599,9 @@ fn every_process_of_the_task_keeps_exactly_the_cpus_of_its_caller() {
 /// mount point blocks (killably) until the connection is aborted, as on a
 /// dead network mount. Unmounted and aborted on drop.
 struct HungMount {
-    dir: std::path::PathBuf,
+    // Detached first, then the device closed (fields drop in order): that
+    // aborts the connection, and anything still blocked on it gets ENOTCONN.
+    _mount: Unmount,
     _dev: std::fs::File,
 }
 
@@ -625,17 +627,9 @@ impl HungMount {
         )
         .ok()?;
         Some(Self {
-            dir: dir.to_path_buf(),
+            _mount: Unmount(dir.to_path_buf()),
             _dev: dev,
         })
-    }
-}
-
-impl Drop for HungMount {
-    fn drop(&mut self) {
-        // Detached first, then the device closed: that aborts the
-        // connection, and anything still blocked on it gets ENOTCONN.
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -756,7 +750,7 @@ fn free_bytes(p: &std::path::Path) -> u64 {
     free
 }
 
-/// Unmounts the test's small filesystem, even when an assert fails.
+/// Detaches a mount the test made, even when an assert fails.
 struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {

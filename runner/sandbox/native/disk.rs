@@ -18,9 +18,6 @@ pub(super) const EVERY: Duration = Duration::from_millis(100);
 pub(super) struct Disks {
     floor: u64,
     probes: Vec<(PathBuf, OwnedFd)>,
-    /// The host tmp's filesystem is probed only for that: the task writes
-    /// it only without namespaces.
-    tmp_only: Option<usize>,
 }
 
 impl Disks {
@@ -35,7 +32,6 @@ impl Disks {
             return Self {
                 floor: 0,
                 probes: Vec::new(),
-                tmp_only: None,
             };
         };
         let spec = &plan.spec;
@@ -63,25 +59,14 @@ impl Disks {
                 probes.push((p.clone(), fd));
             }
         }
-        // The host tmp comes last: its own entry only if no other write
-        // shares its filesystem.
-        let tmp_only = probes
-            .last()
-            .filter(|(p, _)| *p == plan.host_tmp)
-            .map(|_| probes.len() - 1);
-        Self {
-            floor,
-            probes,
-            tmp_only,
-        }
+        Self { floor, probes }
     }
 
     /// With namespaces the task's tmp is in memory: the host tmp's
-    /// filesystem is no longer one the task writes.
-    pub(super) fn with_namespaces(&mut self) {
-        if let Some(i) = self.tmp_only.take() {
-            self.probes.remove(i);
-        }
+    /// filesystem is no longer one the task writes (its probe, there only
+    /// if no other write shares that filesystem, goes).
+    pub(super) fn with_namespaces(&mut self, host_tmp: &Path) {
+        self.probes.retain(|(p, _)| p != host_tmp);
     }
 
     /// Whether there is anything to watch.

@@ -1301,7 +1301,7 @@ fn init(
         mut disks,
     } = ahead;
     if isolation == Isolation::Namespaces {
-        disks.with_namespaces();
+        disks.with_namespaces(&plan.host_tmp);
     }
     if let Some((path, free, floor)) = disks.short() {
         return Err((
